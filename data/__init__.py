@@ -1,0 +1,1 @@
+"""BrushTrain's data side: masks, BrushData shard reading and writing, the datamodule."""

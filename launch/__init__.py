@@ -1,0 +1,1 @@
+"""Local launchers (torchrun, ``fabric run``) and launcher detection."""

@@ -1,0 +1,52 @@
+"""An explicit, loop-by-loop UNet forward with BrushNet residuals, written from
+BRUSHNET.md section 2 as the reference fork does it (no hooks). The tests check
+that the hook-based injection in ``train.injection`` computes exactly this.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def reference_brushnet_unet(unet, sample, timestep, encoder_hidden_states, down, mid, up, added_cond_kwargs=None):
+    down, up = list(down), list(up)
+    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
+    aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs or {})
+    if aug is not None:
+        emb = emb + aug
+
+    h = unet.conv_in(sample)
+    skips = [h]                      # skip 0 is stored before injection
+    h = h + down.pop(0)
+    for block in unet.down_blocks:
+        attentions = getattr(block, "attentions", None)
+        for i, resnet in enumerate(block.resnets):
+            h = resnet(h, emb)
+            if attentions is not None:
+                h = attentions[i](h, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+            h = h + down.pop(0)
+            skips.append(h)
+        if block.downsamplers is not None:
+            h = block.downsamplers[0](h)
+            h = h + down.pop(0)
+            skips.append(h)
+
+    if getattr(unet.mid_block, "has_cross_attention", False):
+        h = unet.mid_block(h, emb, encoder_hidden_states=encoder_hidden_states)
+    else:
+        h = unet.mid_block(h, emb)
+    h = h + mid
+
+    for block in unet.up_blocks:
+        attentions = getattr(block, "attentions", None)
+        for i, resnet in enumerate(block.resnets):
+            h = resnet(torch.cat([h, skips.pop()], dim=1), emb)
+            if attentions is not None:
+                h = attentions[i](h, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+            h = h + up.pop(0)
+        if block.upsamplers is not None:
+            h = block.upsamplers[0](h)
+            h = h + up.pop(0)
+
+    assert not down and not up and not skips, "residual or skip count mismatch"
+    return unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))

@@ -1,0 +1,43 @@
+"""The command line as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from train.cli import main
+
+
+def test_help_lists_the_commands():
+    script = Path(sys.executable).parent / "brushtrain"  # the installed console script
+    for cmd in ([str(script), "--help"], [sys.executable, "-m", "train", "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        assert "demo" in out and "BrushNet" in out
+
+
+def test_demo_writes_an_inpainted_image(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    assert main(["demo", f"out_dir={out_dir}", "steps=2", "size=64"]) == 0
+    result = np.asarray(Image.open(out_dir / "inpainted.png"))
+    image = np.asarray(Image.open(out_dir / "input.png"))
+    mask = np.asarray(Image.open(out_dir / "mask.png"))
+    assert result.shape == image.shape == (64, 64, 3)
+    assert Image.open(out_dir / "grid.png").size == (4 * 64, 64)
+    assert (out_dir / "brushnet-sd15" / "config.json").is_file()
+    assert (out_dir / "tiny-sd15" / "model_index.json").is_file()
+    assert not np.array_equal(result[mask > 127], image[mask > 127])
+    assert "changed by at most 0" in capsys.readouterr().out
+
+
+def test_demo_rejects_bad_config(tmp_path, capsys):
+    assert main(["demo", f"out_dir={tmp_path}", "nosuchkey=1"]) == 2
+    err = capsys.readouterr().err
+    assert "nosuchkey" in err and "config error" in err
+    assert main(["demo", f"out_dir={tmp_path}", "steps=many"]) == 2
+    assert "steps" in capsys.readouterr().err
+    assert main(["demo", "-c", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err

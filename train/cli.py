@@ -1,0 +1,48 @@
+"""The ``brushtrain`` command (also ``python -m train``).
+
+Each sub-command lives in its own module with ``add_arguments(parser)`` and
+``run(args) -> int``; heavy libraries are imported inside ``run`` so that
+``brushtrain --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "demo": ("train.demo", "inpaint a synthetic image with tiny models on CPU (no downloads)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brushtrain",
+        description="BrushTrain: train and run BrushNet inpainting branches for Stable Diffusion (SD1.5, SDXL).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(name, help=help_text, description=module.__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as exc:
+        print(f"brushtrain {args.command}: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The frozen Stable Diffusion parts (UNet, VAE, text encoders, tokenizers, scheduler).
+
+One code path for SD1.5 and SDXL: SDXL is the same bundle with a second
+tokenizer/text encoder and a ``text_time`` UNet, and :func:`encode_prompts`
+returns the pooled embedding it needs (``None`` for SD1.5).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["BaseModel", "load_base", "encode_prompts", "tokenize", "encode_tokens", "vae_scale_factor", "sdxl_time_ids"]
+
+
+@dataclass
+class BaseModel:
+    """A diffusers-layout Stable Diffusion model, split into its parts."""
+
+    unet: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: object
+    scheduler: object
+    text_encoder_2: nn.Module | None = None
+    tokenizer_2: object | None = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.unet.config.addition_embed_type == "text_time"
+
+    @property
+    def text_pairs(self) -> list[tuple[object, nn.Module]]:
+        pairs = [(self.tokenizer, self.text_encoder)]
+        if self.text_encoder_2 is not None:
+            pairs.append((self.tokenizer_2, self.text_encoder_2))
+        return pairs
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "BaseModel":
+        for module in self.modules():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def freeze(self) -> "BaseModel":
+        """Eval mode and no gradients for every part."""
+        for module in self.modules():
+            module.eval().requires_grad_(False)
+        return self
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the diffusers folder layout (with a ``model_index.json``)."""
+        path = Path(path)
+        index = {"_class_name": "StableDiffusionXLPipeline" if self.is_sdxl else "StableDiffusionPipeline"}
+        for f in fields(self):
+            part = getattr(self, f.name)
+            if part is None:
+                continue
+            part.save_pretrained(path / f.name)
+            index[f.name] = [type(part).__module__.split(".")[0], type(part).__name__]
+        (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def load_base(path_or_id: str | Path, dtype: torch.dtype | None = None, **hub_kwargs) -> BaseModel:
+    """Load a diffusers-layout SD1.5 or SDXL model from a local folder or a hub id."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    src = str(path_or_id)
+    local = Path(src)
+    if local.exists() and not (local / "unet").is_dir():
+        raise FileNotFoundError(f"{src} is not a diffusers model folder: it has no unet/ subfolder")
+    kw = dict(hub_kwargs)
+    if dtype is not None:
+        kw["torch_dtype"] = dtype
+    unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw)
+    sdxl = unet.config.addition_embed_type == "text_time"
+    return BaseModel(
+        unet=unet,
+        vae=AutoencoderKL.from_pretrained(src, subfolder="vae", **kw),
+        text_encoder=CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **_hf_kw(kw)),
+        tokenizer=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **hub_kwargs),
+        scheduler=DDPMScheduler.from_pretrained(src, subfolder="scheduler", **hub_kwargs),
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(src, subfolder="text_encoder_2", **_hf_kw(kw))
+        if sdxl
+        else None,
+        tokenizer_2=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer_2", **hub_kwargs) if sdxl else None,
+    )
+
+
+def _hf_kw(kw: dict) -> dict:
+    """transformers names the dtype argument ``dtype`` (``torch_dtype`` is deprecated)."""
+    out = dict(kw)
+    if "torch_dtype" in out:
+        out["dtype"] = out.pop("torch_dtype")
+    return out
+
+
+def vae_scale_factor(vae: nn.Module) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def tokenize(base: BaseModel, prompts: Sequence[str]) -> list[torch.Tensor]:
+    """Token ids for each tokenizer (padded/truncated to its max length)."""
+    return [
+        tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        for tok, _ in base.text_pairs
+    ]
+
+
+def encode_tokens(base: BaseModel, token_ids: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(prompt embeddings, pooled embeddings or None) from :func:`tokenize` output.
+
+    SD1.5: the text encoder's last hidden state. SDXL: the penultimate hidden
+    states of both encoders concatenated, and the second encoder's projected
+    pooled output.
+    """
+    if not base.is_sdxl:
+        enc = base.text_encoder
+        return enc(token_ids[0].to(enc.device))[0], None
+    hidden, pooled = [], None
+    for ids, (_, enc) in zip(token_ids, base.text_pairs):
+        out = enc(ids.to(enc.device), output_hidden_states=True)
+        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds first
+            pooled = out[0]
+        hidden.append(out.hidden_states[-2])
+    if pooled is None:
+        raise ValueError("SDXL needs a CLIPTextModelWithProjection as text_encoder_2 for pooled embeddings")
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def encode_prompts(base: BaseModel, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return encode_tokens(base, tokenize(base, prompts))
+
+
+def sdxl_time_ids(
+    original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]
+) -> list[int]:
+    """SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)."""
+    return [*original_size, *crop_top_left, *target_size]

@@ -1,0 +1,66 @@
+"""One config object per command: schema defaults < YAML files < ``key=value`` overrides.
+
+Each command declares its schema as a dataclass; :func:`compose` merges the
+layers with OmegaConf, rejects unknown keys and wrong types with one clear
+message, and returns a read-only ``DictConfig`` that is passed down explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Type
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = ["ConfigError", "compose", "to_yaml"]
+
+# Config keys whose values must never be written to disk or logs.
+SECRET_KEYS = ("api_key", "token", "password", "secret")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which and why."""
+
+
+def compose(schema: Type, files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
+    merged = OmegaConf.structured(schema)
+    for file in files:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            layer = OmegaConf.load(path)
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{path}: {_describe(exc)}") from None
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        OmegaConf.resolve(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"command-line override: {_describe(exc)}") from None
+    OmegaConf.set_readonly(merged, True)
+    return merged
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"key {key!r}: {first}" if key else first
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML with secret-looking values removed."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+
+    def scrub(node):
+        if isinstance(node, dict):
+            return {k: ("<redacted>" if any(s in str(k).lower() for s in SECRET_KEYS) and v else scrub(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [scrub(v) for v in node]
+        return node
+
+    return OmegaConf.to_yaml(OmegaConf.create(scrub(container)))

@@ -88,3 +88,17 @@ def test_partial_checkpoints_are_refused(official, tmp_path):
         BrushNetModel.from_pretrained(folder)
     branch = BrushNetModel.from_pretrained(folder, strict=False)  # explicit opt-out still loads the rest
     assert torch.equal(branch.conv_in_condition.weight, tensors["conv_in_condition.weight"])
+
+
+@pytest.mark.parametrize("arch, unet_m, branch_m", [("sd15", 859.5, 618.8), ("sdxl", 2567.5, 373.3)])
+def test_full_size_parameter_counts(arch, unet_m, branch_m):
+    """Built on the meta device from the real SD configs: sizes as BRUSHNET.md section 1 states."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "architectures" / arch / "unet"
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root))
+        branch = BrushNetModel.from_unet(unet, load_weights_from_unet=False)
+    assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 1) == unet_m
+    assert round(sum(p.numel() for p in branch.parameters()) / 1e6, 1) == branch_m
+    assert branch.residual_counts == ((12, 1, 15) if arch == "sd15" else (9, 1, 11))

@@ -50,3 +50,16 @@ def reference_brushnet_unet(unet, sample, timestep, encoder_hidden_states, down,
 
     assert not down and not up and not skips, "residual or skip count mismatch"
     return unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
+
+
+def assert_matches_reference(unet, branch, inputs: dict, scales=(0.0, 0.5, 1.0), atol: float = 1e-5) -> None:
+    """brushnet_unet_forward == the explicit loop fed with the branch's residuals, at each scale."""
+    from train.brushnet import brushnet_unet_forward
+
+    for scale in scales:
+        out = branch(**inputs, conditioning_scale=scale)
+        ref = reference_brushnet_unet(unet, inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"],
+                                      out.down_block_res_samples, out.mid_block_res_sample, out.up_block_res_samples,
+                                      inputs.get("added_cond_kwargs"))
+        got = brushnet_unet_forward(unet, branch, **inputs, conditioning_scale=scale)
+        torch.testing.assert_close(got, ref, rtol=0, atol=atol, msg=f"conditioning_scale={scale}")

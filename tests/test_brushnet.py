@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import randomize_zero_convs, stock_output, unet_inputs
-from reference_unet import reference_brushnet_unet
+from reference_unet import assert_matches_reference, reference_brushnet_unet
 from train.brushnet import BrushNetModel, brushnet_unet_forward, residual_counts
 from train.injection import inject_residuals, injection_points
 
@@ -52,10 +52,7 @@ def test_residual_counts_for_an_unusual_layout():
     inputs = unet_inputs(unet)
     out = branch(**inputs)
     assert (len(out.down_block_res_samples), len(out.up_block_res_samples)) == (6, 7)
-    got = brushnet_unet_forward(unet, branch, **inputs)
-    ref = reference_brushnet_unet(unet, inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"],
-                                  out.down_block_res_samples, out.mid_block_res_sample, out.up_block_res_samples)
-    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    assert_matches_reference(unet, branch, inputs, scales=(1.0,), atol=1e-6)
 
 
 def test_from_unet_copies_shared_weights(tiny_base):
@@ -134,14 +131,7 @@ def test_all_residuals_match_the_reference_loop_at_several_scales(tiny_base):
     unet = tiny_base.unet
     branch = BrushNetModel.from_unet(unet)
     randomize_zero_convs(branch, seed=3, scale=0.5)
-    inputs = unet_inputs(unet, seed=5)
-    for scale in (0.3, 1.0, 2.0):
-        out = branch(**inputs, conditioning_scale=scale)
-        ref = reference_brushnet_unet(unet, inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"],
-                                      out.down_block_res_samples, out.mid_block_res_sample, out.up_block_res_samples,
-                                      inputs.get("added_cond_kwargs"))
-        got = brushnet_unet_forward(unet, branch, **inputs, conditioning_scale=scale)
-        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    assert_matches_reference(unet, branch, unet_inputs(unet, seed=5), scales=(0.3, 1.0, 2.0))
 
 
 def test_first_skip_connection_stays_uninjected(tiny_sd15):

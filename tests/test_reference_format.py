@@ -11,7 +11,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from conftest import OFFICIAL, stock_output, unet_inputs
-from reference_unet import reference_brushnet_unet
+from reference_unet import assert_matches_reference
 from train.brushnet import BrushNetModel, brushnet_unet_forward
 
 LAYOUTS = {"sd15": OFFICIAL, "sdxl": OFFICIAL / "sdxl"}
@@ -67,13 +67,7 @@ def test_reference_branch_in_a_stock_unet_matches_the_reference_loop(official):
     unet = UNet2DConditionModel.from_pretrained(official / "unet")
     branch = BrushNetModel.from_pretrained(official / "brushnet")
     inputs = unet_inputs(unet, size=16, seed=11)
-    for scale in (0.0, 0.5, 1.0):
-        out = branch(**inputs, conditioning_scale=scale)
-        ref = reference_brushnet_unet(unet, inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"],
-                                      out.down_block_res_samples, out.mid_block_res_sample, out.up_block_res_samples,
-                                      inputs.get("added_cond_kwargs"))
-        got = brushnet_unet_forward(unet, branch, **inputs, conditioning_scale=scale)
-        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    assert_matches_reference(unet, branch, inputs, scales=(0.0, 0.5, 1.0))
     assert torch.equal(brushnet_unet_forward(unet, branch, **inputs, conditioning_scale=0.0), stock_output(unet, inputs))
 
 

@@ -15,6 +15,7 @@ from typing import Sequence
 # name -> (module, one-line help)
 COMMANDS = {
     "demo": ("train.demo", "inpaint a synthetic image with tiny models on CPU (no downloads)"),
+    "data": ("data.cli", "BrushData shard tools: build, synth, validate, preview, bench, index"),
 }
 
 

@@ -1,0 +1,108 @@
+"""Data pipeline throughput per core: BrushTrain's stream vs the reference's per-sample steps.
+
+Both read the same shards through the same tar reader, on one core (the
+process is pinned to one CPU, one thread each for torch and OpenCV), at the
+same resolution, for segmentation masks and for random brush masks. BrushTrain
+is timed through its real training stream (``BrushDataLoader``, in process);
+the reference through ``reference_steps.reference_sample`` plus batching.
+
+  .venv/bin/python benchmarks/data_throughput.py                  # writes shards under runs/bench-shards
+  .venv/bin/python benchmarks/data_throughput.py --shards DIR --samples 400
+
+Prints a table, then one JSON line per mask mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reference_steps import reference_sample  # noqa: E402
+
+from data.brushdata import BrushDataLoader, DataConfig, MaskConfig  # noqa: E402
+from data.records import RawRecord, read_shard  # noqa: E402
+from data.shards import expand_shards  # noqa: E402
+
+
+def time_reference(shards: list[str], resolution: int, random_mask: bool, samples: int, batch_size: int) -> float:
+    random.seed(0)
+    done, batch, start = 0, [], time.perf_counter()
+    while done < samples:
+        for shard in shards:
+            for record in read_shard(shard):
+                if not isinstance(record, RawRecord):
+                    continue
+                batch.append(reference_sample(record.members, resolution, random_mask))
+                if len(batch) == batch_size:
+                    torch.stack([b["pixels"] for b in batch]), torch.stack([b["masked_pixels"] for b in batch])
+                    torch.stack([b["mask"] for b in batch])
+                    done += len(batch)
+                    batch = []
+                if done >= samples:
+                    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start)
+
+
+def time_ours(shards: list[str], resolution: int, random_mask: bool, samples: int, batch_size: int) -> float:
+    mask = MaskConfig(segmentation=0.0 if random_mask else 1.0, brush=1.0 if random_mask else 0.0)
+    cfg = DataConfig(shards=shards, resolution=resolution, batch_size=batch_size, num_workers=0,
+                     shuffle_buffer=100, mask=mask)
+    loader = BrushDataLoader(cfg)
+    done, start = 0, time.perf_counter()
+    while done < samples:
+        for batch in loader:
+            done += int(batch["weight"].sum())
+            if done >= samples:
+                break
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", default=str(ROOT / "runs" / "bench-shards"))
+    ap.add_argument("--resolution", type=int, default=512)
+    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--min-size", type=int, default=512, help="smallest image side of written shards")
+    ap.add_argument("--max-size", type=int, default=1024, help="largest image side of written shards")
+    args = ap.parse_args()
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+    if not Path(args.shards).exists():
+        from data.synth import write_synthetic_shards
+
+        write_synthetic_shards(args.shards, 400, samples_per_shard=100, seed=0,
+                               min_size=args.min_size, max_size=args.max_size, prefix="bench")
+    shards = expand_shards(args.shards)
+    print(f"{len(shards)} shard(s) in {args.shards}, {args.resolution} px, one core, batch {args.batch_size}")
+    rows = []
+    for mode in ("segmentation", "brush"):
+        random_mask = mode == "brush"
+        ref = time_reference(shards, args.resolution, random_mask, args.samples, args.batch_size)
+        ours = time_ours(shards, args.resolution, random_mask, args.samples, args.batch_size)
+        rows.append({"mask": mode, "reference_samples_per_s": round(ref, 1), "brushtrain_samples_per_s": round(ours, 1),
+                     "speedup": round(ours / ref, 2), "resolution": args.resolution, "cores": 1})
+    print(f"{'mask':<14}{'reference/s':>12}{'brushtrain/s':>14}{'speedup':>9}")
+    for r in rows:
+        print(f"{r['mask']:<14}{r['reference_samples_per_s']:>12}{r['brushtrain_samples_per_s']:>14}{r['speedup']:>8}x")
+    for r in rows:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,444 @@
+"""The BrushData training stream: exact under DDP, resumable, robust to bad records.
+
+Per epoch, :mod:`data.shards` cuts the shuffled sample sequence into one range
+per (rank, DataLoader worker) *slot*. Each worker reads its range with
+WebDataset's openers (local paths, URLs, ``pipe:``), passes the raw records
+through a seeded shuffle buffer, checks and augments them (bad ones are counted
+by reason, logged with shard and key, and skipped), and batches them.
+
+Guarantees (see the README, "Data position and resume"):
+
+* no sample appears twice in an epoch, and every rank yields exactly
+  ``len(loader)`` batches: a rank whose range holds fewer good samples than the
+  largest rank's finishes with *pad batches* (``batch["weight"] == 0``; the
+  trainer gives them no loss), so DDP never waits on a rank that ran dry;
+* the position (per rank and worker) is :meth:`BrushDataLoader.position`:
+  with the same world size and workers a resumed run continues the identical
+  stream; with a different layout it continues with the samples no old worker
+  had read, so none is repeated (those in old shuffle buffers are skipped);
+* the fraction of bad records is watched: above ``max_bad_fraction`` the run
+  stops with :class:`BadDataError` (the data is wrong, not noisy).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .masks import MASK_SOURCES, MaskPolicy
+from .records import REASONS, BadRecord, BadSample, RawRecord, parse_record, read_shard
+from .shards import Segment, epoch_segments, expand_shards, shard_sizes, split_segments
+from .transforms import make_example
+
+__all__ = ["MaskConfig", "DataConfig", "BrushDataset", "BrushDataLoader", "BadDataError", "pad_batch"]
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+# ------------------------------------------------------------------- config
+
+
+@dataclass
+class MaskConfig:
+    """Mask sources by weight, and the reference's random edits (see :class:`data.masks.MaskPolicy`)."""
+
+    segmentation: float = 1.0
+    brush: float = 0.0
+    box: float = 0.0
+    border: float = 0.0
+    opening_p: float = 0.3
+    opening_kernel: int = 8
+    invert_p: float = 0.5
+    brush_max_strokes: int = 4
+    brush_max_segments: int = 7
+    brush_width: int = 128
+
+    def policy(self) -> MaskPolicy:
+        return MaskPolicy(
+            weights={name: float(getattr(self, name)) for name in MASK_SOURCES},
+            opening_p=self.opening_p,
+            opening_kernel=self.opening_kernel,
+            invert_p=self.invert_p,
+            brush=dict(max_strokes=self.brush_max_strokes, max_segments=self.brush_max_segments,
+                       stroke_width=self.brush_width),
+        )
+
+
+@dataclass
+class DataConfig:
+    shards: list = field(default_factory=list)  # paths, dirs, globs, brace patterns, URLs, pipe:
+    sizes_file: Optional[str] = None  # default: sizes.json beside the shards, else counted
+    resolution: int = 512
+    batch_size: int = 2
+    num_workers: int = 4
+    seed: int = 0
+    shuffle_shards: bool = True
+    shuffle_buffer: int = 1000  # raw records per worker (memory: about this many JPEGs)
+    random_crop: bool = True
+    caption_dropout: float = 0.0  # the reference's proportion_empty_prompts
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    max_bad_fraction: float = 0.05
+    bad_check_after: int = 1000  # samples seen before the ceiling is enforced
+    prefetch_factor: int = 4
+    pin_memory: bool = False
+
+
+class BadDataError(RuntimeError):
+    """Too many bad records: the data set is wrong, not noisy."""
+
+
+# ------------------------------------------------------------------ workers
+
+
+@dataclass
+class _Job:
+    """What the workers of one rank need for one pass (pickled into each worker)."""
+
+    epoch: int
+    rank: int
+    workers: int
+    segments: dict  # slot -> list[Segment]
+    skip: dict  # slot -> raw records already emitted (and consumed) in this epoch
+    rotation: int  # DataLoader worker i serves local slot (i + rotation) % workers
+
+
+class _Counter:
+    def __init__(self):
+        self.n = 0
+
+
+def _shuffled(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
+    """A seeded shuffle buffer; deterministic for a given input order and generator."""
+    buf: list = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= size:
+            j = int(rng.integers(len(buf)))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            yield buf.pop()
+    while buf:
+        j = int(rng.integers(len(buf)))
+        buf[j], buf[-1] = buf[-1], buf[j]
+        yield buf.pop()
+
+
+class BrushDataset(IterableDataset):
+    """Worker side: read a slot's segments, shuffle, check, augment, batch."""
+
+    def __init__(self, cfg: DataConfig, shards: list[str], sizes: list[int]):
+        super().__init__()
+        self.cfg = cfg
+        self.shards = shards
+        self.sizes = sizes
+        self.shard_index = {s: i for i, s in enumerate(shards)}
+        self.policy = cfg.mask.policy() if hasattr(cfg.mask, "policy") else MaskConfig(**cfg.mask).policy()
+        self.job: _Job | None = None
+
+    def _records(self, segments: list[Segment], read: _Counter) -> Iterator[RawRecord | BadRecord]:
+        for seg in segments:
+            for record in read_shard(self.shards[seg.shard], seg.start, seg.end):
+                read.n += 1
+                yield record
+
+    def _bad(self, counts: collections.Counter, reason: str, shard: str, key: str, detail: str) -> None:
+        counts[reason] += 1
+        log.warning("skipping bad record %s key=%s: %s (%s)", shard, key or "-", reason, detail[:200])
+
+    def iter_slot(self, epoch: int, slot: int, segments: list[Segment], skip: int) -> Iterator[dict]:
+        cfg = self.cfg
+        read = _Counter()
+        rng = np.random.default_rng([cfg.seed, epoch, slot, 0xB0F])
+        stream = _shuffled(self._records(segments, read), max(1, cfg.shuffle_buffer), rng)
+        emitted, batch, bad = 0, [], collections.Counter()
+        for item in stream:
+            emitted += 1
+            if emitted <= skip:  # consumed before a resume: skipped before any decoding
+                continue
+            if isinstance(item, BadRecord):
+                self._bad(bad, item.reason, item.shard, item.key, item.detail)
+                continue
+            sample_rng = np.random.default_rng([cfg.seed, epoch, self.shard_index[item.shard], item.offset])
+            try:
+                record = parse_record(item)
+                example = make_example(record, cfg.resolution, self.policy, sample_rng,
+                                       caption_dropout=cfg.caption_dropout, random_crop=cfg.random_crop)
+            except BadSample as exc:
+                self._bad(bad, exc.reason, item.shard, item.key, exc.detail)
+                continue
+            batch.append(example)
+            if len(batch) == cfg.batch_size:
+                yield _collate(batch, dict(slot=slot, emitted=emitted, read=read.n, bad=dict(bad), marker=False))
+                batch, bad = [], collections.Counter()
+        if batch:
+            yield _collate(batch, dict(slot=slot, emitted=emitted, read=read.n, bad=dict(bad), marker=False))
+            bad = collections.Counter()
+        # A last message with the counts of trailing bad records (never given to the trainer).
+        yield {"__meta__": dict(slot=slot, emitted=emitted, read=read.n, bad=dict(bad), marker=True)}
+
+    def __iter__(self) -> Iterator[dict]:
+        job = self.job
+        if job is None:
+            raise RuntimeError("BrushDataset is iterated through BrushDataLoader, which sets its job")
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        slot = job.rank * job.workers + (worker + job.rotation) % job.workers
+        yield from self.iter_slot(job.epoch, slot, job.segments.get(slot, []), job.skip.get(slot, 0))
+
+
+def _collate(examples: list, meta: dict) -> dict:
+    return {
+        # (B, 3, R, R) view of HWC memory: no per-sample transpose copy; the device copy is channels-last.
+        "image": torch.from_numpy(np.stack([e.image for e in examples])).permute(0, 3, 1, 2),
+        "keep_mask": torch.from_numpy(np.stack([e.keep_mask for e in examples])),
+        "caption": [e.caption for e in examples],
+        "original_size": torch.tensor([e.original_size for e in examples], dtype=torch.int64),
+        "crop_top_left": torch.tensor([e.crop_top_left for e in examples], dtype=torch.int64),
+        "key": [e.key for e in examples],
+        "mask_source": [e.mask_source for e in examples],
+        "weight": torch.ones(len(examples)),
+        "__meta__": meta,
+    }
+
+
+def pad_batch(template: dict | None, resolution: int) -> dict:
+    """A batch that trains nothing (weight 0): a copy of ``template``, or one blank sample."""
+    if template is None:
+        return {
+            "image": torch.zeros(1, 3, resolution, resolution, dtype=torch.uint8),
+            "keep_mask": torch.ones(1, 1, resolution, resolution, dtype=torch.uint8),
+            "caption": [""], "original_size": torch.tensor([[resolution, resolution]]),
+            "crop_top_left": torch.zeros(1, 2, dtype=torch.int64), "key": ["<pad>"],
+            "mask_source": ["pad"], "weight": torch.zeros(1),
+        }
+    pad = dict(template)
+    pad["weight"] = torch.zeros_like(template["weight"])
+    pad["key"] = ["<pad>"] * len(template["key"])
+    return pad
+
+
+def _worker_init(_):
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+# ------------------------------------------------------------------- loader
+
+
+def _default_gather(obj: Any) -> list:
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        out = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+class BrushDataLoader:
+    """Main-process side: one rank's batches, its position, pads and bad-record counters."""
+
+    def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1,
+                 gather: Callable[[Any], list] | None = None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.workers = max(1, int(cfg.num_workers))
+        self.shards = expand_shards(list(cfg.shards) if not isinstance(cfg.shards, str) else cfg.shards)
+        self.sizes = shard_sizes(self.shards, cfg.sizes_file)
+        if sum(self.sizes) == 0:
+            raise ValueError(f"the shards {list(cfg.shards)} hold no samples")
+        self.dataset = BrushDataset(cfg, self.shards, self.sizes)
+        self._gather = gather or _default_gather
+        self.counters: collections.Counter = collections.Counter()
+        self.epoch = 0
+        self._base: list[Segment] | None = None  # the epoch's remaining samples after a layout change
+        self._reset_progress()
+        self._pending: dict | None = None  # this rank's progress to resume with
+
+    # ---------------------------------------------------------------- plan
+
+    @property
+    def fingerprint(self) -> str:
+        text = "\n".join(f"{s.rsplit('/', 1)[-1]}:{n}" for s, n in zip(self.shards, self.sizes))
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def _plan(self) -> list[list[Segment]]:
+        base = self._base if self._base is not None else epoch_segments(self.sizes, self.cfg.seed, self.epoch, self.cfg.shuffle_shards)
+        return split_segments(base, self.world_size * self.workers)
+
+    def _rank_slots(self) -> range:
+        return range(self.rank * self.workers, (self.rank + 1) * self.workers)
+
+    def batches_per_rank(self, plan: list[list[Segment]] | None = None) -> int:
+        plan = plan if plan is not None else self._plan()
+        b = self.cfg.batch_size
+        per_rank = [
+            sum(-(-sum(s.size for s in plan[slot]) // b) for slot in range(r * self.workers, (r + 1) * self.workers))
+            for r in range(self.world_size)
+        ]
+        return max(per_rank)
+
+    def __len__(self) -> int:
+        return self.batches_per_rank()
+
+    # ------------------------------------------------------------ iterate
+
+    def _reset_progress(self) -> None:
+        self.progress = {"slots": {}, "last_slot": None, "yielded": 0, "pads": 0}
+        self._snapshots: collections.OrderedDict = collections.OrderedDict()
+
+    def _snapshot(self) -> None:
+        snap = {"slots": {k: dict(v) for k, v in self.progress["slots"].items()},
+                "last_slot": self.progress["last_slot"], "yielded": self.progress["yielded"],
+                "pads": self.progress["pads"], "counters": dict(self.counters)}
+        self._snapshots[self.progress["yielded"]] = snap
+        while len(self._snapshots) > 16:
+            self._snapshots.popitem(last=False)
+
+    def _check_bad_fraction(self) -> None:
+        bad = sum(v for k, v in self.counters.items() if k.startswith("bad/"))
+        seen = bad + self.counters["good"]
+        if seen >= self.cfg.bad_check_after and bad / seen > self.cfg.max_bad_fraction:
+            by_reason = {k[4:]: v for k, v in self.counters.items() if k.startswith("bad/") and v}
+            raise BadDataError(
+                f"{bad} of {seen} records on rank {self.rank} were bad ({bad / seen:.1%}), above "
+                f"data.max_bad_fraction={self.cfg.max_bad_fraction}: {by_reason}. The data is wrong, not noisy: "
+                f"check it with `brushtrain data validate` (or raise the ceiling)."
+            )
+
+    def __iter__(self) -> Iterator[dict]:
+        plan = self._plan()
+        total = self.batches_per_rank(plan)
+        resume = self._pending
+        self._pending = None
+        self._reset_progress()
+        if resume:
+            self.progress.update({k: resume[k] for k in ("slots", "last_slot", "yielded", "pads")})
+            self.progress["slots"] = {int(k): dict(v) for k, v in resume["slots"].items()}
+        slots = self._rank_slots()
+        rotation = 0 if self.progress["last_slot"] is None else (self.progress["last_slot"] - slots[0] + 1) % self.workers
+        self.dataset.job = _Job(
+            epoch=self.epoch, rank=self.rank, workers=self.workers,
+            segments={slot: [] if self.progress["slots"].get(slot, {}).get("done") else plan[slot] for slot in slots},
+            skip={slot: 0 if self.progress["slots"].get(slot, {}).get("done") else
+                  self.progress["slots"].get(slot, {}).get("emitted", 0) for slot in slots},
+            rotation=rotation,
+        )
+        loader = DataLoader(
+            self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
+            worker_init_fn=_worker_init if self.cfg.num_workers else None,
+            prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None,
+            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+        )
+        self._snapshot()
+        template = None
+        for item in loader:
+            meta = item.pop("__meta__")
+            slot = meta["slot"]
+            state = self.progress["slots"].setdefault(slot, {"emitted": 0, "read": 0})
+            state["emitted"] = max(state["emitted"], meta["emitted"])
+            state["read"] = max(state["read"], meta["read"])
+            self.progress["last_slot"] = slot
+            for reason, n in meta["bad"].items():
+                self.counters[f"bad/{reason}"] += n
+            if meta["marker"]:
+                state["done"] = True
+                continue
+            self.counters["good"] += len(item["key"])
+            self._check_bad_fraction()
+            self.progress["yielded"] += 1
+            self._snapshot()
+            template = item
+            yield item
+        while self.progress["yielded"] < total:
+            self.progress["yielded"] += 1
+            self.progress["pads"] += 1
+            self.counters["pad_batches"] += 1
+            self._snapshot()
+            yield pad_batch(template, self.cfg.resolution)
+        self.epoch += 1
+        self._base = None
+        self._reset_progress()
+
+    # -------------------------------------------------------------- state
+
+    def position(self, batches_done: int | None = None) -> dict:
+        """The stream position of every rank (collective under torch.distributed: call on all ranks).
+
+        Deliberately not named ``state_dict``: Lightning would save it on its own,
+        one fetched-ahead batch too late; :class:`data.datamodule.BrushDataModule`
+        saves it with the trainer's count of finished batches instead.
+
+        ``batches_done``: how many batches of this epoch the trainer has finished.
+        Trainers that fetch ahead (Lightning does) pass it, so a batch fetched but
+        not yet trained on is not counted as consumed.
+        """
+        if batches_done is None or batches_done not in self._snapshots:
+            if batches_done is not None and batches_done != self.progress["yielded"]:
+                log.warning("no data position recorded after batch %d; saving the latest (%d)",
+                            batches_done, self.progress["yielded"])
+            snap = self._snapshots.get(self.progress["yielded"]) or {
+                **self.progress, "counters": dict(self.counters)}
+        else:
+            snap = self._snapshots[batches_done]
+        mine = {"rank": self.rank, **snap}
+        ranks = self._gather(mine)
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "seed": self.cfg.seed,
+            "fingerprint": self.fingerprint,
+            "layout": {"world_size": self.world_size, "workers": self.workers},
+            "base": None if self._base is None else [[s.shard, s.start, s.end] for s in self._base],
+            "ranks": {int(r["rank"]): r for r in ranks},
+        }
+
+    def restore(self, state: dict) -> None:
+        """Continue from a :meth:`position` (applies at the next ``iter``)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data state version {state.get('version')} is not {STATE_VERSION}")
+        self.epoch = int(state["epoch"])
+        if state["fingerprint"] != self.fingerprint or state["seed"] != self.cfg.seed:
+            log.warning("the shard set or seed changed since the checkpoint: starting epoch %d from its beginning", self.epoch)
+            self._base, self._pending = None, None
+            return
+        ranks = {int(k): v for k, v in state["ranks"].items()}
+        self._base = None if state["base"] is None else [Segment(*s) for s in state["base"]]
+        layout = state["layout"]
+        if (layout["world_size"], layout["workers"]) == (self.world_size, self.workers):
+            mine = ranks[self.rank]
+            self._pending = mine
+            self.counters = collections.Counter(mine.get("counters", {}))
+            return
+        # Layout changed: continue the epoch with what no old worker had read.
+        old_plan = split_segments(
+            self._base if self._base is not None else epoch_segments(self.sizes, self.cfg.seed, self.epoch, self.cfg.shuffle_shards),
+            layout["world_size"] * layout["workers"],
+        )
+        read = {int(slot): s["read"] for r in ranks.values() for slot, s in r["slots"].items()}
+        remaining: list[Segment] = []
+        for slot, segments in enumerate(old_plan):
+            skip = read.get(slot, 0)
+            for seg in segments:
+                take = min(skip, seg.size)
+                skip -= take
+                if seg.start + take < seg.end:
+                    remaining.append(Segment(seg.shard, seg.start + take, seg.end))
+        self._base = remaining
+        self._pending = None
+        log.warning(
+            "data layout changed from %s x %s to %s x %s: continuing epoch %d with the %d samples no old worker had read",
+            layout["world_size"], layout["workers"], self.world_size, self.workers, self.epoch,
+            sum(s.size for s in remaining),
+        )
+        if self.rank in ranks:
+            self.counters = collections.Counter(ranks[self.rank].get("counters", {}))

@@ -1,0 +1,149 @@
+"""Building BrushData shards from COCO annotations or from a folder of images, masks and captions.
+
+Both builders copy JPEG bytes as they are (other formats are re-encoded as
+JPEG), encode each mask as BrushData run-length data, write size-capped shards
+atomically with a ``sizes.json``, and return a summary: records written,
+inputs skipped by reason, shards and bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+
+from .writer import ShardWriter, brushdata_members, encode_jpeg
+
+__all__ = ["build_from_coco", "build_from_folder", "IMAGE_SUFFIXES"]
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def _jpeg_and_size(path: Path) -> tuple[bytes, int, int]:
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if im.format == "JPEG" and im.mode in ("RGB", "L"):
+            return data, im.height, im.width
+        rgb = np.asarray(im.convert("RGB"))
+    return encode_jpeg(rgb, quality=95), rgb.shape[0], rgb.shape[1]
+
+
+def _summary(writer: ShardWriter, skipped: collections.Counter) -> dict:
+    return {
+        "samples": writer.total_samples,
+        "skipped": dict(sorted(skipped.items())),
+        "shards": [str(p) for p in writer.shards],
+        "bytes": writer.total_bytes,
+    }
+
+
+def build_from_coco(
+    images_dir: str | Path,
+    instances_json: str | Path,
+    out_dir: str | Path,
+    captions_json: str | Path | None = None,
+    prefix: str = "coco",
+    max_samples: int = 1000,
+    max_bytes: int | None = None,
+    min_area: float = 0.0,
+    include_crowd: bool = False,
+    limit: int | None = None,
+) -> dict:
+    """One record per COCO image: every (non-crowd) instance mask, the first caption if given."""
+    from pycocotools.coco import COCO
+
+    instances = COCO(str(instances_json))
+    captions = COCO(str(captions_json)) if captions_json else None
+    skipped: collections.Counter = collections.Counter()
+    images_dir = Path(images_dir)
+    ids = sorted(instances.imgs)[: limit if limit else None]
+    with ShardWriter(out_dir, prefix=prefix, max_samples=max_samples, max_bytes=max_bytes) as writer:
+        for image_id in ids:
+            info = instances.imgs[image_id]
+            path = images_dir / info["file_name"]
+            try:
+                jpeg, height, width = _jpeg_and_size(path)
+            except (OSError, ValueError) as exc:
+                skipped["unreadable_image"] += 1
+                log.warning("skipping COCO image %s (%s): %s", image_id, path, exc)
+                continue
+            if (height, width) != (info["height"], info["width"]):
+                skipped["size_mismatch"] += 1
+                log.warning("skipping COCO image %s: annotation says %sx%s, file is %sx%s",
+                            image_id, info["height"], info["width"], height, width)
+                continue
+            masks = [
+                instances.annToMask(ann)
+                for ann in sorted(instances.imgToAnns.get(image_id, []), key=lambda a: a["id"])
+                if (include_crowd or not ann.get("iscrowd", 0)) and ann.get("area", 0) >= min_area
+            ]
+            caption = ""
+            if captions is not None:
+                anns = sorted(captions.imgToAnns.get(image_id, []), key=lambda a: a["id"])
+                caption = anns[0]["caption"].strip() if anns else ""
+                if not anns:
+                    skipped["no_caption (written with an empty caption)"] += 1
+            writer.write(f"{image_id:012d}", brushdata_members(jpeg, height, width, caption, masks))
+    return _summary(writer, skipped)
+
+
+def _mask_files(stem: str, masks_dir: Path) -> list[Path]:
+    single = [p for p in (masks_dir / f"{stem}{s}" for s in (".png", ".bmp")) if p.is_file()]
+    return single + sorted(p for p in masks_dir.glob(f"{stem}_*") if p.suffix.lower() in (".png", ".bmp"))
+
+
+def build_from_folder(
+    images_dir: str | Path,
+    out_dir: str | Path,
+    masks_dir: str | Path | None = None,
+    captions_dir: str | Path | None = None,
+    prefix: str = "folder",
+    max_samples: int = 1000,
+    max_bytes: int | None = None,
+    images: Iterable[Path] | None = None,
+) -> dict:
+    """One record per image ``STEM.*``: masks ``STEM.png`` and/or ``STEM_*.png`` (non-zero = object)
+    from ``masks_dir``, caption ``STEM.txt`` from ``captions_dir`` (default: beside the image)."""
+    images_dir = Path(images_dir)
+    masks_dir = Path(masks_dir) if masks_dir else None
+    captions_dir = Path(captions_dir) if captions_dir else images_dir
+    paths = sorted(images) if images is not None else sorted(
+        p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+    skipped: collections.Counter = collections.Counter()
+    with ShardWriter(out_dir, prefix=prefix, max_samples=max_samples, max_bytes=max_bytes) as writer:
+        for index, path in enumerate(paths):
+            try:
+                jpeg, height, width = _jpeg_and_size(path)
+            except (OSError, ValueError) as exc:
+                skipped["unreadable_image"] += 1
+                log.warning("skipping %s: %s", path, exc)
+                continue
+            masks = []
+            bad_mask = False
+            for mask_path in _mask_files(path.stem, masks_dir) if masks_dir else []:
+                with Image.open(mask_path) as m:
+                    arr = np.asarray(m.convert("L"))
+                if arr.shape != (height, width):
+                    log.warning("skipping %s: mask %s is %s, image is %s", path, mask_path, arr.shape, (height, width))
+                    bad_mask = True
+                    break
+                masks.append(arr > 127)
+            if bad_mask:
+                skipped["mask_size_mismatch"] += 1
+                continue
+            caption_path = captions_dir / f"{path.stem}.txt"
+            caption = caption_path.read_text(encoding="utf-8").strip() if caption_path.is_file() else ""
+            if not caption_path.is_file():
+                skipped["no_caption (written with an empty caption)"] += 1
+            key = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem) + f"_{index:07d}"
+            writer.write(key, brushdata_members(jpeg, height, width, caption, masks))
+    return _summary(writer, skipped)

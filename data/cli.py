@@ -1,0 +1,200 @@
+"""BrushData shard tools: ``brushtrain data build|synth|validate|preview|bench|index``.
+
+  brushtrain data synth shards/ --samples 1000 --per-shard 100
+  brushtrain data build coco --images val2017/ --instances instances_val2017.json \\
+      --captions captions_val2017.json --out shards/ --max-bytes 1GB
+  brushtrain data build folder --images imgs/ --masks masks/ --out shards/
+  brushtrain data validate 'shards/{00000..00009}.tar' --json --strict
+  brushtrain data preview shards/ --out grid.png --mask-mode brush
+  brushtrain data bench shards/ --resolution 512 --workers 4
+  brushtrain data index shards/          # writes shards/sizes.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+__all__ = ["add_arguments", "run"]
+
+_SIZE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?i?b?)?\s*$", re.I)
+
+
+def parse_bytes(text: str) -> int:
+    """'500MB', '1GiB', '2g', '1000' -> bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500MB, 1GB)")
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    power = "kmgt".find(unit[:1]) + 1 if unit[:1] in "kmgt" and unit else 0
+    base = 1024 if "i" in unit else 1000
+    return int(number * base**power)
+
+
+def parse_mask_mode(text: str) -> dict[str, float]:
+    """'brush' or 'segmentation=0.5,brush=0.5' -> source weights."""
+    from .masks import MASK_SOURCES
+
+    weights: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        name = name.strip()
+        if name not in MASK_SOURCES:
+            raise argparse.ArgumentTypeError(f"unknown mask source {name!r}; choose from {', '.join(MASK_SOURCES)}")
+        weights[name] = float(weight) if weight else 1.0
+    return weights
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="TOOL", required=True)
+
+    p = sub.add_parser("synth", help="write synthetic shards (shapes with exact masks and captions)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--per-shard", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-size", type=int, default=64, help="smallest image side (pixels)")
+    p.add_argument("--max-size", type=int, default=128, help="largest image side (pixels)")
+    p.add_argument("--prefix", default="synth")
+
+    p = sub.add_parser("build", help="write shards from COCO annotations or a folder of images")
+    kinds = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    coco = kinds.add_parser("coco", help="COCO instances (+ captions) annotations")
+    coco.add_argument("--images", required=True, help="folder of the COCO images")
+    coco.add_argument("--instances", required=True, help="instances_*.json")
+    coco.add_argument("--captions", help="captions_*.json (first caption per image)")
+    coco.add_argument("--min-area", type=float, default=0.0, help="drop instances smaller than this (pixels)")
+    coco.add_argument("--include-crowd", action="store_true", help="keep iscrowd instances")
+    coco.add_argument("--limit", type=int, help="only the first N images (by id)")
+    folder = kinds.add_parser("folder", help="images with STEM.png / STEM_*.png masks and STEM.txt captions")
+    folder.add_argument("--images", required=True)
+    folder.add_argument("--masks", help="folder of mask images (non-zero = object)")
+    folder.add_argument("--captions", help="folder of STEM.txt captions (default: the images folder)")
+    for q in (coco, folder):
+        q.add_argument("--out", required=True, help="output folder")
+        q.add_argument("--max-samples", type=int, default=1000, help="records per shard")
+        q.add_argument("--max-bytes", type=parse_bytes, help="bytes per shard (e.g. 1GB)")
+        q.add_argument("--prefix", default=None, help="shard file prefix")
+
+    p = sub.add_parser("validate", help="scan shards: good and bad records by reason, size statistics")
+    p.add_argument("shards", nargs="+")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--strict", action="store_true", help="exit non-zero on any bad record")
+    p.add_argument("--workers", type=int, default=1, help="processes scanning shards in parallel")
+
+    p = sub.add_parser("preview", help="render image | mask | masked image | caption for a few samples")
+    p.add_argument("shards", nargs="+")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--mask-mode", type=parse_mask_mode, default={"segmentation": 1.0},
+                   help="mask source or mix: segmentation, brush, box, border, or e.g. segmentation=0.5,brush=0.5")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("bench", help="samples/s of the training stream (last line: JSON)")
+    p.add_argument("shards", nargs="+")
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--mask-mode", type=parse_mask_mode, default={"segmentation": 1.0})
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: in this process)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--samples", type=int, default=500)
+
+    p = sub.add_parser("index", help="count records per shard and write sizes.json beside local shards")
+    p.add_argument("shards", nargs="+")
+
+
+def _data_config(args, **overrides):
+    from .brushdata import DataConfig, MaskConfig
+    from .masks import MASK_SOURCES
+
+    weights = {name: float(args.mask_mode.get(name, 0.0)) for name in MASK_SOURCES}
+    return DataConfig(shards=list(args.shards), resolution=args.resolution, mask=MaskConfig(**weights), **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return {"synth": _synth, "build": _build, "validate": _validate, "preview": _preview,
+            "bench": _bench, "index": _index}[args.data_command](args)
+
+
+def _synth(args) -> int:
+    from .synth import write_synthetic_shards
+
+    writer = write_synthetic_shards(args.out, args.samples, args.per_shard, args.seed, args.min_size, args.max_size, args.prefix)
+    print(json.dumps({"samples": writer.total_samples, "shards": len(writer.shards), "bytes": writer.total_bytes, "out": args.out}))
+    return 0
+
+
+def _build(args) -> int:
+    from .build import build_from_coco, build_from_folder
+
+    common = dict(max_samples=args.max_samples, max_bytes=args.max_bytes)
+    if args.source == "coco":
+        summary = build_from_coco(args.images, args.instances, args.out, captions_json=args.captions,
+                                  prefix=args.prefix or "coco", min_area=args.min_area,
+                                  include_crowd=args.include_crowd, limit=args.limit, **common)
+    else:
+        summary = build_from_folder(args.images, args.out, masks_dir=args.masks, captions_dir=args.captions,
+                                    prefix=args.prefix or "folder", **common)
+    print(f"wrote {summary['samples']} records into {len(summary['shards'])} shard(s), "
+          f"{summary['bytes'] / 1e6:.1f} MB, in {args.out}; skipped: {summary['skipped'] or 'none'}")
+    print(json.dumps(summary))
+    return 0
+
+
+def _validate(args) -> int:
+    from .shards import expand_shards
+    from .validate import validate_shards
+
+    report = validate_shards(expand_shards(args.shards), workers=args.workers)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['shards']} shard(s): {report['samples']} good records, {report['bad_total']} bad")
+        for reason, n in report["bad"].items():
+            print(f"  {reason}: {n}")
+        for bad in report["bad_records"][:20]:
+            print(f"    {bad['shard']} {bad['key'] or '-'}: {bad['reason']} ({bad['detail']})")
+        for name in ("height", "width", "masks_per_sample", "image_bytes"):
+            if report[name]:
+                print(f"  {name}: {report[name]}")
+    return 1 if args.strict and report["bad_total"] else 0
+
+
+def _preview(args) -> int:
+    from .preview import preview_grid
+
+    cfg = _data_config(args, batch_size=1, num_workers=0, seed=args.seed, shuffle_buffer=1)
+    print(f"wrote {preview_grid(cfg, args.out, args.samples)}")
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import measure_throughput
+
+    cfg = _data_config(args, batch_size=args.batch_size, num_workers=args.workers)
+    result = measure_throughput(cfg, samples=args.samples)
+    print(f"{result['samples_per_s']} samples/s at {args.resolution} px with {args.workers} worker(s)", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+def _index(args) -> int:
+    from collections import defaultdict
+    from pathlib import Path
+
+    from .shards import count_samples, expand_shards, is_url, write_sizes
+
+    by_folder: dict = defaultdict(dict)
+    for shard in expand_shards(args.shards):
+        if is_url(shard):
+            print(f"skipping {shard}: sizes.json is only written beside local shards", file=sys.stderr)
+            continue
+        by_folder[str(Path(shard).parent)][Path(shard).name] = count_samples(shard)
+    for folder, sizes in by_folder.items():
+        print(f"{write_sizes(folder, sizes)}: {len(sizes)} shard(s), {sum(sizes.values())} records")
+    return 0

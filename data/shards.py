@@ -1,0 +1,203 @@
+"""Shard lists, sample counts and the per-epoch plan of who reads what.
+
+Shard specs: local ``.tar`` paths, directories (every ``*.tar`` inside), glob
+patterns, brace patterns (``shards/{00000..00999}.tar``), ``::``-joined lists,
+and the URL forms WebDataset opens (``http(s)://``, ``pipe:CMD``, ``s3://``,
+``gs://``, ``hf://``, ``ais://``...).
+
+Sample counts come from a ``sizes.json`` beside the shards (``{"name.tar": n}``,
+written by ``brushtrain data build|synth|index``), else from reading the tar
+headers (local files: a seek per member, no data read; URLs: the stream).
+
+The plan: each epoch, the shard order is shuffled with ``(seed, epoch)``; the
+resulting sequence of samples is cut into ``world_size * workers`` contiguous
+ranges of (almost) equal sample counts, one per (rank, worker) slot. Ranges are
+lists of :class:`Segment` (shard, first sample, end sample), so a slot may read
+part of a shard and no sample belongs to two slots.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "ShardSpecError",
+    "Segment",
+    "expand_shards",
+    "is_url",
+    "shard_sizes",
+    "count_samples",
+    "sample_key",
+    "epoch_segments",
+    "split_segments",
+    "write_sizes",
+    "SIZES_FILE",
+]
+
+log = logging.getLogger(__name__)
+SIZES_FILE = "sizes.json"
+_URL_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "gcs://", "hf://", "ais://", "file://")
+
+
+class ShardSpecError(ValueError):
+    """A shard spec that names no shard, or a shard that cannot be found."""
+
+
+def is_url(spec: str) -> bool:
+    return spec.startswith(_URL_PREFIXES)
+
+
+def expand_shards(specs: str | Sequence[str]) -> list[str]:
+    """Every shard the specs name, in a stable order (duplicates removed)."""
+    from webdataset.shardlists import expand_urls
+
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [str(specs)]
+    out: list[str] = []
+    for spec in specs:
+        matched: list[str] = []
+        for item in expand_urls(str(spec)):
+            if is_url(item):
+                matched.append(item)
+            elif os.path.isdir(item):
+                matched += sorted(str(p) for p in Path(item).glob("*.tar"))
+            elif any(c in item for c in "*?["):
+                matched += sorted(p for p in glob.glob(item) if p.endswith(".tar"))
+            elif os.path.isfile(item):
+                matched.append(item)
+            else:
+                raise ShardSpecError(f"shard {item!r} (from {spec!r}) does not exist")
+        if not matched:
+            raise ShardSpecError(f"shard spec {spec!r} matches no .tar file")
+        out += matched
+    return list(dict.fromkeys(out))
+
+
+def sample_key(member_name: str) -> tuple[str, str]:
+    """(key, extension) of a tar member, WebDataset's rule: the key ends at the first dot of the basename."""
+    from webdataset.tariterators import base_plus_ext
+
+    key, ext = base_plus_ext(member_name)
+    return (key, ext) if key is not None else (member_name, "")
+
+
+def count_samples(shard: str) -> int:
+    """Samples (distinct consecutive keys) in one shard, from tar headers only where possible."""
+    from webdataset import gopen
+
+    keys, last = 0, None
+    try:
+        if is_url(shard):
+            stream = gopen(shard, "rb")
+            tar = tarfile.open(fileobj=stream, mode="r|*")
+        else:
+            tar = tarfile.open(shard, mode="r:")  # random access: seeks over member data
+        with tar:
+            for info in tar:
+                if info.isreg():
+                    key, _ = sample_key(info.name)
+                    if key != last:
+                        keys, last = keys + 1, key
+    except (tarfile.TarError, OSError, EOFError) as exc:  # truncated: count what is there
+        log.warning("shard %s is damaged after %d samples (%s); counting those", shard, keys, exc)
+    return keys
+
+
+def _sizes_beside(shard: str, cache: dict) -> dict | None:
+    if is_url(shard) and not shard.startswith(("http://", "https://", "file://")):
+        return None
+    folder = shard.rsplit("/", 1)[0] if "/" in shard else "."
+    if folder not in cache:
+        cache[folder] = None
+        location = f"{folder}/{SIZES_FILE}"
+        try:
+            if is_url(shard):
+                from webdataset import gopen
+
+                with gopen(location, "rb") as f:
+                    cache[folder] = json.loads(f.read())
+            elif os.path.isfile(location):
+                cache[folder] = json.loads(Path(location).read_text())
+        except Exception as exc:  # no sizes file there: fall back to counting
+            log.debug("no usable %s: %s", location, exc)
+    return cache[folder]
+
+
+def shard_sizes(shards: Sequence[str], sizes_file: str | None = None) -> list[int]:
+    """Sample count of each shard: ``sizes_file`` or ``sizes.json`` beside the shards, else counted."""
+    explicit = json.loads(Path(sizes_file).read_text()) if sizes_file else None
+    cache: dict = {}
+    sizes = []
+    counted = 0
+    for shard in shards:
+        name = shard.rsplit("/", 1)[-1]
+        table = explicit if explicit is not None else _sizes_beside(shard, cache)
+        if table is not None and (name in table or shard in table):
+            sizes.append(int(table.get(shard, table.get(name))))
+        else:
+            sizes.append(count_samples(shard))
+            counted += 1
+    if counted:
+        log.info("counted samples of %d shard(s) without a %s entry", counted, SIZES_FILE)
+    return sizes
+
+
+def write_sizes(folder: str | Path, sizes: dict[str, int]) -> Path:
+    """Merge ``sizes`` into ``folder/sizes.json``, atomically."""
+    path = Path(folder) / SIZES_FILE
+    table = json.loads(path.read_text()) if path.exists() else {}
+    table.update(sizes)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(dict(sorted(table.items())), indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Samples ``start`` (inclusive) to ``end`` (exclusive) of shard number ``shard``."""
+
+    shard: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+def epoch_segments(sizes: Sequence[int], seed: int, epoch: int, shuffle: bool = True) -> list[Segment]:
+    """All samples of an epoch as whole-shard segments, shards in the epoch's order."""
+    order = np.arange(len(sizes))
+    if shuffle:
+        order = np.random.default_rng([seed, epoch, 0x5AD]).permutation(len(sizes))
+    return [Segment(int(i), 0, int(sizes[i])) for i in order if sizes[i] > 0]
+
+
+def split_segments(segments: Iterable[Segment], parts: int) -> list[list[Segment]]:
+    """Cut a sequence of segments into ``parts`` contiguous pieces with counts differing by at most 1."""
+    segments = [s for s in segments if s.size > 0]
+    total = sum(s.size for s in segments)
+    bounds = [total * p // parts for p in range(parts + 1)]
+    out: list[list[Segment]] = [[] for _ in range(parts)]
+    offset = 0
+    for seg in segments:
+        lo, hi = offset, offset + seg.size
+        for p in range(parts):
+            a, b = max(lo, bounds[p]), min(hi, bounds[p + 1])
+            if a < b:
+                out[p].append(Segment(seg.shard, seg.start + a - lo, seg.start + b - lo))
+        offset = hi
+    return out

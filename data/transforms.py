@@ -1,0 +1,108 @@
+"""One checked record -> one training example (BRUSHNET.md section 5).
+
+Per sample: pick the mask source and mask, resize so the short side equals the
+resolution, random square crop, opening and inversion of the mask, caption
+dropout. Output is uint8 (normalising to [-1, 1] happens on the device, see
+:func:`data.batch.model_inputs`).
+
+Only the crop window is worked on: the JPEG is decoded at the smallest DCT
+scale that still covers the target size, the mask's run-length data is decoded
+for the crop's columns only, and one resize brings each to the resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .masks import MaskPolicy, rle_decode
+from .records import Record, decode_image
+
+__all__ = ["Example", "make_example", "crop_window"]
+
+
+@dataclass
+class Example:
+    image: np.ndarray  # RxRx3 uint8 (the batch holds a channels-first view of it)
+    keep_mask: np.ndarray  # 1xRxR uint8, 1 = known pixel
+    caption: str
+    original_size: tuple[int, int]  # (height, width) of the source image
+    crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image
+    key: str  # "shard-name/key"
+    mask_source: str
+
+
+def crop_window(height: int, width: int, resolution: int, rng: np.random.Generator, random_crop: bool = True):
+    """Square crop of the image resized to short side = ``resolution``.
+
+    Returns ``(y0, x0, side)`` in the given (height, width) pixel grid and the
+    crop's ``(top, left)`` in the resized image.
+    """
+    scale = resolution / min(height, width)
+    rh, rw = max(resolution, round(height * scale)), max(resolution, round(width * scale))
+    if random_crop:
+        top, left = int(rng.integers(0, rh - resolution + 1)), int(rng.integers(0, rw - resolution + 1))
+    else:
+        top, left = (rh - resolution) // 2, (rw - resolution) // 2
+    side = min(height, width, max(1, round(resolution / scale)))
+    y0 = min(height - side, int(round(top / scale)))
+    x0 = min(width - side, int(round(left / scale)))
+    return (y0, x0, side), (top, left)
+
+
+def _resize(array: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    if array.shape[0] == size and array.shape[1] == size:
+        return array
+    if nearest:
+        interp = cv2.INTER_NEAREST
+    else:  # bicubic; area averaging only when shrinking 2x or more (the JPEG draft usually did that part)
+        interp = cv2.INTER_AREA if array.shape[0] >= 2 * size else cv2.INTER_CUBIC
+    return cv2.resize(array, (size, size), interpolation=interp)
+
+
+def make_example(
+    record: Record,
+    resolution: int,
+    policy: MaskPolicy,
+    rng: np.random.Generator,
+    caption_dropout: float = 0.0,
+    random_crop: bool = True,
+) -> Example:
+    h, w = record.height, record.width
+    short = min(h, w)
+    # Decode at the smallest DCT scale whose short side still reaches the resolution.
+    target = (math.ceil(w * resolution / short), math.ceil(h * resolution / short))
+    pixels = decode_image(record, min_size=target if short > resolution else None)
+    dh, dw = pixels.shape[:2]
+    (y0, x0, side), (top, left) = crop_window(dh, dw, resolution, rng, random_crop)
+    image = _resize(pixels[y0 : y0 + side, x0 : x0 + side], resolution)
+
+    source = policy.choose(rng)
+    if source == "segmentation":
+        if record.masks:
+            rle = record.masks[int(rng.integers(len(record.masks)))]
+            # The same window in the full-size grid (the decode may be 1/2, 1/4, 1/8 scale).
+            fy, fx = h / dh, w / dw
+            oy0, ox0 = int(round(y0 * fy)), int(round(x0 * fx))
+            oy1, ox1 = min(h, int(round((y0 + side) * fy))), min(w, int(round((x0 + side) * fx)))
+            region = rle_decode(rle, h, w, columns=(ox0, ox1))[oy0:oy1]
+            region = _resize(np.ascontiguousarray(region), resolution, nearest=True)
+        else:  # no segmentation: the whole image is the "object" (as the reference does)
+            region = np.ones((resolution, resolution), np.uint8)
+    else:
+        region = policy.region(source, resolution, resolution, rng)
+    keep = policy.keep_mask(source, region, rng)
+
+    caption = "" if caption_dropout and rng.random() < caption_dropout else record.caption
+    return Example(
+        image=image,
+        keep_mask=keep[None],
+        caption=caption,
+        original_size=(h, w),
+        crop_top_left=(top, left),
+        key=f"{record.shard.rsplit('/', 1)[-1]}/{record.key}",
+        mask_source=source,
+    )

@@ -1,0 +1,86 @@
+"""Shards with one bad record of every kind, written with plain ``tarfile`` (not our writer)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def jpeg(h: int, w: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def members(h=40, w=56, seed=0, caption="a thing", masks=None) -> dict:
+    if masks is None:
+        masks = [[1 + h * 2, h * 3]]  # columns 2..4 fully
+    return {
+        "image": jpeg(h, w, seed), "caption": caption.encode(), "height": str(h).encode(), "width": str(w).encode(),
+        "segmentation": json.dumps({"mask": masks}).encode(),
+    }
+
+
+def write_tar(path: Path, records: list[tuple[str, dict]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for key, mem in records:
+            for ext, data in mem.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+# reason -> a function turning good members into a record with exactly that defect
+def _drop(name):
+    return lambda m: {k: v for k, v in m.items() if k != name}
+
+
+DEFECTS = {
+    "missing_member": _drop("caption"),
+    "bad_size": lambda m: {**m, "height": b"forty"},
+    "empty_image": lambda m: {**m, "image": b""},
+    "not_jpeg": lambda m: {**m, "image": _png(m)},
+    "bad_image": lambda m: {**m, "image": m["image"][: len(m["image"]) // 2]},
+    "size_mismatch": lambda m: {**m, "width": b"57"},
+    "bad_segmentation": lambda m: {**m, "segmentation": b"{\"mask\": [1, 2"},
+    "rle_out_of_bounds": lambda m: {**m, "segmentation": json.dumps({"mask": [[40 * 56 - 3, 10]]}).encode()},
+}
+
+
+def _png(m) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(m["image"])).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_bad_dataset(folder: Path, good_per_shard: int = 6) -> dict:
+    """Two shards: every defect once among good records, plus one truncated shard.
+
+    Returns {"good": n, "bad": {reason: 1, ...}, "good_keys": [...]}.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    good_keys = []
+    records = []
+    for i, (reason, defect) in enumerate(DEFECTS.items()):
+        for j in range(good_per_shard // 2):
+            key = f"g{i:02d}{j:02d}"
+            records.append((key, members(seed=i * 10 + j)))
+            good_keys.append(key)
+        records.append((f"bad_{reason}", defect(members(seed=100 + i))))
+    write_tar(folder / "mixed-00000.tar", records)
+
+    # A shard cut in the middle of its third record's image data.
+    cut_records = [(f"t{j:03d}", members(seed=200 + j)) for j in range(4)]
+    full = write_tar(folder / "cut.tmp", cut_records).read_bytes()
+    (folder / "cut.tmp").unlink()
+    offset = full.index(b"t002.image") + 512 + 100  # past the header, inside the data
+    (folder / "truncated-00001.tar").write_bytes(full[:offset])
+    good_keys += ["t000", "t001"]
+    return {"good": len(good_keys), "bad": {**{r: 1 for r in DEFECTS}, "truncated_tar": 1}, "good_keys": good_keys}

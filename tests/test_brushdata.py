@@ -1,0 +1,290 @@
+"""The training stream: coverage under DDP, equal batch counts, resume, augmentations, bad data."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from bad_shards import members, write_bad_dataset, write_tar
+from data.batch import model_inputs
+from data.brushdata import BadDataError, BrushDataLoader, DataConfig, MaskConfig
+from data.masks import rle_decode
+from data.shards import ShardSpecError, expand_shards, shard_sizes, split_segments, Segment
+from data.synth import synth_record
+from data.writer import ShardWriter, brushdata_members, encode_jpeg
+
+UNEVEN = [13, 40, 5, 22, 31, 9, 17]  # 137 records in 7 shards
+
+
+@pytest.fixture(scope="module")
+def uneven_shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uneven")
+    rng = np.random.default_rng(0)
+    n = 0
+    for i, size in enumerate(UNEVEN):
+        with ShardWriter(folder, prefix="part", max_samples=size, start_index=i) as writer:
+            for _ in range(size):
+                rec = synth_record(rng, 24, 48)
+                h, w = rec.image.shape[:2]
+                writer.write(f"k{n:05d}", brushdata_members(encode_jpeg(rec.image), h, w, rec.caption, rec.masks))
+                n += 1
+    return folder
+
+
+def _cfg(shards, **kw):
+    base = dict(shards=[str(shards)], resolution=32, batch_size=4, num_workers=2, shuffle_buffer=8, seed=3)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def _run(loader, limit=None):
+    out = []
+    for i, batch in enumerate(loader):
+        out.append(batch)
+        if limit is not None and i + 1 == limit:
+            break
+    return out
+
+
+def _real_keys(batches):
+    return [k for b in batches for k, w in zip(b["key"], b["weight"]) if w > 0]
+
+
+def test_two_ranks_two_workers_see_every_sample_once_with_equal_batch_counts(uneven_shards):
+    keys, counts = [], []
+    for rank in range(2):
+        loader = BrushDataLoader(_cfg(uneven_shards), rank=rank, world_size=2)
+        batches = _run(loader)
+        counts.append((len(batches), len(loader)))
+        keys += _real_keys(batches)
+    assert counts[0] == counts[1] and counts[0][0] == counts[0][1]
+    seen = collections.Counter(keys)
+    assert len(seen) == sum(UNEVEN) and max(seen.values()) == 1
+
+
+@pytest.mark.parametrize("world, workers, batch", [(3, 1, 5), (2, 3, 7), (4, 2, 1)])
+def test_coverage_for_other_layouts(uneven_shards, world, workers, batch):
+    keys, lengths = [], set()
+    for rank in range(world):
+        batches = _run(BrushDataLoader(_cfg(uneven_shards, num_workers=workers, batch_size=batch), rank, world))
+        lengths.add(len(batches))
+        keys += _real_keys(batches)
+    assert len(lengths) == 1
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == sum(UNEVEN)
+
+
+def test_epochs_reshuffle_and_repeat_the_data(uneven_shards):
+    loader = BrushDataLoader(_cfg(uneven_shards, num_workers=0))
+    first, second = _real_keys(_run(loader)), _real_keys(_run(loader))
+    assert sorted(first) == sorted(second) and first != second
+    assert loader.epoch == 2
+
+
+def test_resume_continues_the_identical_stream(uneven_shards):
+    cfg = _cfg(uneven_shards)
+    full = _run(BrushDataLoader(cfg, 1, 2))
+    for cut in (1, 4, len(full) - 1):
+        loader = BrushDataLoader(cfg, 1, 2)
+        head = _run(loader, cut)
+        state = loader.position()
+        resumed = BrushDataLoader(cfg, 1, 2)
+        resumed.restore(state)
+        tail = _run(resumed)
+        assert len(head) + len(tail) == len(full)
+        for a, b in zip(head + tail, full):
+            assert a["key"] == b["key"]
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["keep_mask"], b["keep_mask"])
+            assert a["caption"] == b["caption"]
+
+
+def test_resume_point_excludes_batches_fetched_ahead(uneven_shards):
+    cfg = _cfg(uneven_shards, num_workers=0)
+    full = _real_keys(_run(BrushDataLoader(cfg)))
+    loader = BrushDataLoader(cfg)
+    head = _run(loader, 5)  # the trainer has fetched 5 batches but finished only 4
+    state = loader.position(batches_done=4)
+    resumed = BrushDataLoader(cfg)
+    resumed.restore(state)
+    assert _real_keys(head[:4]) + _real_keys(_run(resumed)) == full
+
+
+def test_resume_with_another_world_size_repeats_nothing(uneven_shards):
+    loader = BrushDataLoader(_cfg(uneven_shards), 0, 1)
+    head = _run(loader, 6)
+    state = loader.position()
+    seen = _real_keys(head)
+    for rank in range(3):
+        resumed = BrushDataLoader(_cfg(uneven_shards, num_workers=1), rank, 3)
+        resumed.restore(state)
+        seen += _real_keys(_run(resumed))
+    counts = collections.Counter(seen)
+    assert max(counts.values()) == 1
+    assert len(counts) >= sum(UNEVEN) - 2 * 8  # at most the two old shuffle buffers are skipped
+
+
+def test_state_is_gathered_from_every_rank(uneven_shards):
+    cfg = _cfg(uneven_shards, num_workers=1)
+    loaders = [BrushDataLoader(cfg, r, 2) for r in range(2)]
+    heads = [_run(loader, 3) for loader in loaders]
+    local = [{"rank": r, **loaders[r]._snapshots[3]} for r in range(2)]
+    state = loaders[0].__class__(cfg, 0, 2, gather=lambda mine: local).position()
+    assert sorted(state["ranks"]) == [0, 1]
+    for r in range(2):
+        resumed = BrushDataLoader(cfg, r, 2)
+        resumed.restore(state)
+        full = _real_keys(_run(BrushDataLoader(cfg, r, 2)))
+        assert _real_keys(heads[r]) + _real_keys(_run(resumed)) == full
+
+
+def _single_mask_shards(folder, size, n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    recs = []
+    with ShardWriter(folder, prefix="one", max_samples=100) as writer:
+        for i in range(n):
+            img = rng.integers(0, 255, (size, size + 8 * (i % 3), 3), dtype=np.uint8)
+            mask = np.zeros(img.shape[:2], np.uint8)
+            y, x = rng.integers(0, size // 2, 2)
+            mask[y : y + size // 3, x : x + size // 2] = 1
+            writer.write(f"s{i:03d}", brushdata_members(encode_jpeg(img), *img.shape[:2], f"caption {i}", [mask]))
+            recs.append(mask)
+    return recs
+
+
+def test_keep_mask_is_the_segmentation_and_masked_pixels_match(tmp_path):
+    masks = _single_mask_shards(tmp_path, 32)
+    for invert in (0.0, 1.0):
+        cfg = _cfg(tmp_path, num_workers=0, batch_size=1, mask=MaskConfig(opening_p=0.0, invert_p=invert),
+                   random_crop=False)
+        for batch in BrushDataLoader(cfg):
+            i = int(batch["key"][0].split("/s")[1])
+            h, w = masks[i].shape
+            x0 = (w - h) // 2  # centre crop of the short side, no resize (h == resolution)
+            expected = masks[i][:, x0 : x0 + h]
+            keep = batch["keep_mask"][0, 0].numpy()
+            assert np.array_equal(keep, expected if invert == 0 else 1 - expected)
+            assert batch["original_size"][0].tolist() == [h, w]
+            assert batch["crop_top_left"][0].tolist() == [0, x0]
+            x = model_inputs(batch, "cpu")
+            hole = x["keep_mask"] == 0
+            assert torch.all(x["masked_pixels"][hole.expand_as(x["pixels"])] == -1)
+            known = ~hole.expand_as(x["pixels"])
+            assert torch.equal(x["masked_pixels"][known], x["pixels"][known])
+
+
+def test_resized_masks_stay_aligned_with_the_image(tmp_path):
+    masks = _single_mask_shards(tmp_path, 96)  # 96 px images at resolution 32
+    cfg = _cfg(tmp_path, num_workers=0, batch_size=1, mask=MaskConfig(opening_p=0.0, invert_p=0.0), random_crop=False)
+    for batch in BrushDataLoader(cfg):
+        i = int(batch["key"][0].split("/s")[1])
+        h, w = masks[i].shape
+        x0 = (w - h) // 2
+        expected = cv2.resize(masks[i][:, x0 : x0 + h], (32, 32), interpolation=cv2.INTER_NEAREST)
+        keep = batch["keep_mask"][0, 0].numpy()
+        assert (keep != expected).mean() < 0.03
+
+
+def test_caption_dropout_and_mask_sources(uneven_shards):
+    dropped = _run(BrushDataLoader(_cfg(uneven_shards, caption_dropout=1.0, num_workers=0)))
+    assert all(c == "" for b in dropped for c in b["caption"])
+    kept = _run(BrushDataLoader(_cfg(uneven_shards, caption_dropout=0.0, num_workers=0)))
+    assert all(c for b in kept for c in b["caption"])
+    mixed = _run(BrushDataLoader(_cfg(uneven_shards, num_workers=0, mask=MaskConfig(segmentation=1, brush=1, box=1, border=1))))
+    sources = collections.Counter(s for b in mixed for s in b["mask_source"])
+    assert set(sources) == {"segmentation", "brush", "box", "border"}
+
+
+def test_every_bad_record_kind_is_skipped_counted_and_logged(tmp_path, caplog):
+    expected = write_bad_dataset(tmp_path / "bad")
+    cfg = _cfg(tmp_path / "bad", num_workers=0, max_bad_fraction=1.0)
+    with caplog.at_level(logging.WARNING, logger="data.brushdata"):
+        batches = _run(BrushDataLoader(cfg))
+        loader = BrushDataLoader(cfg)
+        _run(loader)
+    assert sorted(_real_keys(batches)) == sorted(f"{'truncated-00001.tar' if k.startswith('t') else 'mixed-00000.tar'}/{k}"
+                                                 for k in expected["good_keys"])
+    bad = {k[4:]: v for k, v in loader.counters.items() if k.startswith("bad/")}
+    assert bad == expected["bad"]
+    for reason in expected["bad"]:
+        assert any(reason in r.message and ".tar" in r.message for r in caplog.records), reason
+    assert any("mixed-00000.tar key=bad_not_jpeg" in r.message for r in caplog.records)
+
+
+def test_bad_fraction_ceiling_stops_the_run(tmp_path):
+    write_bad_dataset(tmp_path / "bad")
+    cfg = _cfg(tmp_path / "bad", num_workers=0, max_bad_fraction=0.05, bad_check_after=10)
+    with pytest.raises(BadDataError, match=r"were bad .* above data.max_bad_fraction=0.05.*data validate"):
+        _run(BrushDataLoader(cfg))
+
+
+def test_two_workers_count_bad_records_once(tmp_path):
+    expected = write_bad_dataset(tmp_path / "bad")
+    loader = BrushDataLoader(_cfg(tmp_path / "bad", num_workers=2, max_bad_fraction=1.0), 0, 2)
+    _run(loader)
+    other = BrushDataLoader(_cfg(tmp_path / "bad", num_workers=2, max_bad_fraction=1.0), 1, 2)
+    _run(other)
+    total = collections.Counter()
+    for l in (loader, other):
+        total.update({k[4:]: v for k, v in l.counters.items() if k.startswith("bad/")})
+    assert dict(total) == expected["bad"]
+
+
+# ---------------------------------------------------------------- shard specs
+
+
+def test_shard_specs(uneven_shards, tmp_path):
+    names = sorted(p.name for p in uneven_shards.glob("*.tar"))
+    assert [s.rsplit("/", 1)[-1] for s in expand_shards(str(uneven_shards))] == names
+    brace = expand_shards(f"{uneven_shards}/part-{{00000..00002}}.tar")
+    assert [s.rsplit("/", 1)[-1] for s in brace] == names[:3]
+    assert len(expand_shards(f"{uneven_shards}/part-0000[0-3].tar")) == 4
+    assert len(expand_shards([str(uneven_shards / names[0]), str(uneven_shards / names[1])])) == 2
+    joined = expand_shards(f"{uneven_shards / names[0]}::{uneven_shards / names[1]}")
+    assert len(joined) == 2
+    with pytest.raises(ShardSpecError, match="does not exist"):
+        expand_shards(str(tmp_path / "nope-{0..1}.tar"))
+    with pytest.raises(ShardSpecError, match="matches no .tar"):
+        expand_shards(str(tmp_path))
+
+
+def test_pipe_urls_and_counting_without_sizes_json(uneven_shards, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(uneven_shards, copy)
+    (copy / "sizes.json").unlink()
+    local = expand_shards(str(copy))
+    assert shard_sizes(local) == UNEVEN
+    piped = [f"pipe:cat {s}" for s in local]
+    assert shard_sizes(piped) == UNEVEN
+    cfg = _cfg(uneven_shards, num_workers=0)
+    via_pipe = dataclasses.replace(cfg, shards=piped)
+    assert sorted(_real_keys(_run(BrushDataLoader(via_pipe)))) == sorted(_real_keys(_run(BrushDataLoader(cfg))))
+
+
+def test_split_segments_is_contiguous_and_balanced():
+    segs = [Segment(0, 0, 10), Segment(3, 5, 9), Segment(1, 0, 7)]
+    parts = split_segments(segs, 4)
+    sizes = [sum(s.size for s in p) for p in parts]
+    assert sum(sizes) == 21 and max(sizes) - min(sizes) <= 1
+    flat = [(s.shard, i) for p in parts for s in p for i in range(s.start, s.end)]
+    assert flat == [(s.shard, i) for s in segs for i in range(s.start, s.end)]
+
+
+def test_records_with_members_in_any_order_and_a_missing_end_marker(tmp_path):
+    recs = [(f"r{i}", dict(reversed(list(members(seed=i).items())))) for i in range(3)]
+    path = write_tar(tmp_path / "x.tar", recs)
+    data = path.read_bytes()
+    loader = BrushDataLoader(_cfg(tmp_path, num_workers=0, batch_size=1))
+    assert len(_real_keys(_run(loader))) == 3
+    end = data.rstrip(b"\0")
+    cut = (len(end) + 511) // 512 * 512  # the archive without its end-of-archive blocks
+    path.write_bytes(data[:cut])
+    (tmp_path / "sizes.json").unlink(missing_ok=True)
+    loader = BrushDataLoader(_cfg(tmp_path, num_workers=0, batch_size=1, max_bad_fraction=1.0))
+    assert len(_real_keys(_run(loader))) == 2
+    assert loader.counters["bad/truncated_tar"] == 1

@@ -1,0 +1,184 @@
+"""``brushtrain data`` tools: synth, build (COCO, folder), validate, preview, bench, index."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bad_shards import write_bad_dataset
+from data.masks import rle_decode
+from data.records import RawRecord, parse_record, read_shard
+from data.shards import expand_shards
+from train.cli import main
+
+
+def _json_out(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_synth_then_validate_json(tmp_path, capsys):
+    assert main(["data", "synth", str(tmp_path / "s"), "--samples", "25", "--per-shard", "10", "--seed", "1"]) == 0
+    assert _json_out(capsys)["samples"] == 25
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.tar")) == ["synth-00000.tar", "synth-00001.tar", "synth-00002.tar"]
+    assert json.loads((tmp_path / "s" / "sizes.json").read_text()) == {
+        "synth-00000.tar": 10, "synth-00001.tar": 10, "synth-00002.tar": 5}
+    assert not list((tmp_path / "s").glob(".*tmp*")), "no temporary files left"
+    assert main(["data", "validate", str(tmp_path / "s"), "--json", "--strict"]) == 0
+    report = _json_out(capsys)
+    assert (report["samples"], report["bad"], report["shards"]) == (25, {}, 3)
+    assert 64 <= report["height"]["min"] and report["height"]["max"] <= 128
+
+
+def test_synthetic_masks_are_exact(tmp_path):
+    from data.synth import synth_record
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        rec = synth_record(rng, 40, 60)
+        union = np.zeros(rec.image.shape[:2], bool)
+        for m in rec.masks:
+            assert not (union & (m > 0)).any(), "visible parts do not overlap"
+            union |= m > 0
+            colours = rec.image[m > 0].reshape(-1, 3)
+            assert (colours == colours[0]).all(), "a mask covers exactly one flat-coloured shape"
+
+
+def test_validate_counts_every_bad_kind_and_strict_fails(tmp_path, capsys):
+    expected = write_bad_dataset(tmp_path / "bad")
+    assert main(["data", "validate", str(tmp_path / "bad"), "--json"]) == 0
+    report = _json_out(capsys)
+    assert report["samples"] == expected["good"]
+    assert report["bad"] == expected["bad"]
+    assert report["shards"] == 2
+    assert {b["key"] for b in report["bad_records"]} >= {f"bad_{r}" for r in expected["bad"] if r != "truncated_tar"}
+    assert main(["data", "validate", str(tmp_path / "bad"), "--strict"]) == 1
+    text = capsys.readouterr().out
+    assert "bad_image: 1" in text and "mixed-00000.tar bad_size" in text
+
+
+def test_validate_in_parallel_agrees(tmp_path, capsys):
+    write_bad_dataset(tmp_path / "bad")
+    main(["data", "validate", str(tmp_path / "bad"), "--json"])
+    serial = _json_out(capsys)
+    main(["data", "validate", str(tmp_path / "bad"), "--json", "--workers", "2"])
+    parallel = _json_out(capsys)
+    assert (serial["samples"], serial["bad"]) == (parallel["samples"], parallel["bad"])
+
+
+def _coco_fixture(tmp_path):
+    from pycocotools import mask as mask_utils
+
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    rng = np.random.default_rng(0)
+    images, annotations, captions = [], [], []
+    rle_mask = np.zeros((30, 40), np.uint8, order="F")
+    rle_mask[5:15, 20:35] = 1
+    crowd = mask_utils.encode(np.asfortranarray(rle_mask))
+    crowd["counts"] = crowd["counts"].decode()
+    for image_id, (h, w) in enumerate([(30, 40), (36, 28)], start=1):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images_dir / f"{image_id:03d}.jpg", quality=95)
+        images.append({"id": image_id, "file_name": f"{image_id:03d}.jpg", "height": h, "width": w})
+        annotations.append({"id": 10 * image_id, "image_id": image_id, "category_id": 1, "iscrowd": 0, "area": 50.0,
+                            "bbox": [2, 2, 10, 10], "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]})
+        captions.append({"id": 100 + image_id, "image_id": image_id, "caption": f" picture {image_id} "})
+    annotations.append({"id": 99, "image_id": 1, "category_id": 1, "iscrowd": 1, "area": 150.0, "bbox": [20, 5, 15, 10],
+                        "segmentation": crowd})
+    cats = [{"id": 1, "name": "thing"}]
+    (tmp_path / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": cats}))
+    (tmp_path / "captions.json").write_text(json.dumps({"images": images, "annotations": captions}))
+    return images_dir
+
+
+def test_build_from_coco(tmp_path, capsys):
+    from pycocotools.coco import COCO
+
+    images_dir = _coco_fixture(tmp_path)
+    out = tmp_path / "shards"
+    args = ["data", "build", "coco", "--images", str(images_dir), "--instances", str(tmp_path / "instances.json"),
+            "--captions", str(tmp_path / "captions.json"), "--out", str(out), "--max-samples", "1"]
+    assert main(args + ["--include-crowd"]) == 0
+    summary = _json_out(capsys)
+    assert summary["samples"] == 2 and len(summary["shards"]) == 2
+    coco = COCO(str(tmp_path / "instances.json"))
+    records = [r for s in expand_shards(str(out)) for r in read_shard(s)]
+    assert [r.key for r in records] == ["000000000001", "000000000002"]
+    for raw in records:
+        rec = parse_record(raw)
+        image_id = int(raw.key)
+        anns = sorted(coco.imgToAnns[image_id], key=lambda a: a["id"])
+        assert rec.caption == f"picture {image_id}"
+        assert len(rec.masks) == len(anns)
+        for rle, ann in zip(rec.masks, anns):
+            assert np.array_equal(rle_decode(rle, rec.height, rec.width), coco.annToMask(ann))
+        assert raw.members["image"] == (images_dir / f"{image_id:03d}.jpg").read_bytes(), "JPEG bytes copied as they are"
+    assert main(args + ["--out", str(tmp_path / "nocrowd")]) == 0
+    first = next(read_shard(expand_shards(str(tmp_path / "nocrowd"))[0]))
+    assert len(parse_record(first).masks) == 1, "crowd annotations are left out by default"
+
+
+def test_build_from_folder(tmp_path, capsys):
+    images, masks = tmp_path / "img", tmp_path / "msk"
+    images.mkdir(), masks.mkdir()
+    rng = np.random.default_rng(1)
+    for stem in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(images / f"{stem}.png")
+        (images / f"{stem}.txt").write_text(f"caption {stem}\n")
+    m = np.zeros((20, 24), np.uint8)
+    m[3:9, 4:10] = 255
+    Image.fromarray(m).save(masks / "a_0.png")
+    Image.fromarray(255 - m).save(masks / "a_1.png")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(masks / "b.png")  # wrong size: b is skipped
+    assert main(["data", "build", "folder", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "o")]) == 0
+    summary = _json_out(capsys)
+    assert summary["samples"] == 1 and summary["skipped"] == {"mask_size_mismatch": 1}
+    rec = parse_record(next(read_shard(summary["shards"][0])))
+    assert rec.caption == "caption a" and rec.image.format == "JPEG"
+    assert np.array_equal(rle_decode(rec.masks[0], 20, 24), (m > 127).astype(np.uint8))
+    assert np.array_equal(rle_decode(rec.masks[1], 20, 24), (m <= 127).astype(np.uint8))
+
+
+def test_shards_roll_over_by_bytes(tmp_path, capsys):
+    main(["data", "synth", str(tmp_path / "s"), "--samples", "12", "--per-shard", "100"])
+    capsys.readouterr()
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((64, 64, 3), i * 40, np.uint8)).save(images / f"{i}.jpg")
+    assert main(["data", "build", "folder", "--images", str(images), "--out", str(tmp_path / "o"), "--max-bytes", "4kB"]) == 0
+    summary = _json_out(capsys)
+    assert summary["samples"] == 6 and len(summary["shards"]) >= 2
+    for shard in summary["shards"]:
+        with tarfile.open(shard) as tar:
+            assert tar.getmembers()
+
+
+def test_preview_and_bench(tmp_path, capsys):
+    main(["data", "synth", str(tmp_path / "s"), "--samples", "20", "--per-shard", "10"])
+    capsys.readouterr()
+    out = tmp_path / "grid.png"
+    assert main(["data", "preview", str(tmp_path / "s"), "--out", str(out), "--samples", "3", "--resolution", "48",
+                 "--mask-mode", "segmentation=1,brush=1"]) == 0
+    grid = Image.open(out)
+    assert grid.size[0] == 3 * 48 and grid.size[1] == 3 * (48 + 28)
+    assert main(["data", "bench", str(tmp_path / "s"), "--resolution", "32", "--samples", "30", "--mask-mode", "brush"]) == 0
+    result = _json_out(capsys)
+    assert result["samples_per_s"] > 0 and result["samples"] >= 30
+
+
+def test_index_writes_sizes(tmp_path, capsys):
+    main(["data", "synth", str(tmp_path / "s"), "--samples", "15", "--per-shard", "10"])
+    (tmp_path / "s" / "sizes.json").unlink()
+    capsys.readouterr()
+    assert main(["data", "index", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "sizes.json").read_text()) == {"synth-00000.tar": 10, "synth-00001.tar": 5}
+
+
+def test_bad_mask_mode_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "bench", str(tmp_path), "--mask-mode", "scribble"])
+    assert "unknown mask source 'scribble'" in capsys.readouterr().err

@@ -109,6 +109,9 @@ def count_samples(shard: str) -> int:
                         keys, last = keys + 1, key
     except (tarfile.TarError, OSError, EOFError) as exc:  # truncated: count what is there
         log.warning("shard %s is damaged after %d samples (%s); counting those", shard, keys, exc)
+        if keys == 0:
+            # Unreadable: plan one record so the reader of offset 0 reports it as a bad record.
+            return 1
     return keys
 
 

@@ -288,3 +288,13 @@ def test_records_with_members_in_any_order_and_a_missing_end_marker(tmp_path):
     loader = BrushDataLoader(_cfg(tmp_path, num_workers=0, batch_size=1, max_bad_fraction=1.0))
     assert len(_real_keys(_run(loader))) == 2
     assert loader.counters["bad/truncated_tar"] == 1
+
+
+def test_an_unreadable_shard_is_counted_not_fatal(uneven_shards, tmp_path):
+    folder = tmp_path / "mixed"
+    shutil.copytree(uneven_shards, folder)
+    (folder / "sizes.json").unlink()
+    (folder / "zz-broken.tar").write_bytes(b"this is not a tar file at all" * 40)
+    loader = BrushDataLoader(_cfg(folder, num_workers=0, max_bad_fraction=1.0))
+    assert len(_real_keys(_run(loader))) == sum(UNEVEN)
+    assert loader.counters["bad/unreadable_shard"] == 1

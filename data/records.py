@@ -122,8 +122,9 @@ def read_shard(shard: str, start: int = 0, end: int | None = None) -> Iterator[R
     """Records ``start <= offset < end`` of one shard, in tar order.
 
     Members of records outside the range are skipped without being kept. A tar
-    that ends inside a record or a header (no end-of-archive marker) yields one
-    ``BadRecord('truncated_tar')`` for the record it cut, and stops.
+    that was cut (an error inside a member, or no end-of-archive marker) yields
+    one ``BadRecord('truncated_tar')``: for the record it cut, or, when the last
+    record read is complete, for what followed it (the complete record is good).
     """
     try:
         stream = _TailReader(_open(shard))
@@ -167,7 +168,15 @@ def read_shard(shard: str, start: int = 0, end: int | None = None) -> Iterator[R
         stream.close()
     if current is None or offset < start:
         return
-    yield current if cut is None else BadRecord(shard, current.key, offset, "truncated_tar", cut)
+    if cut is None:
+        yield current
+    elif set(MEMBERS) <= current.members.keys():
+        # Cut after a complete record (at a header or member boundary): the record is good,
+        # what followed it is lost; the reader of the last record reports the cut once.
+        yield current
+        yield BadRecord(shard, f"{current.key} (what followed)", offset, "truncated_tar", cut)
+    else:
+        yield BadRecord(shard, current.key, offset, "truncated_tar", cut)
 
 
 @dataclass

@@ -286,6 +286,12 @@ def test_records_with_members_in_any_order_and_a_missing_end_marker(tmp_path):
     path.write_bytes(data[:cut])
     (tmp_path / "sizes.json").unlink(missing_ok=True)
     loader = BrushDataLoader(_cfg(tmp_path, num_workers=0, batch_size=1, max_bad_fraction=1.0))
+    assert len(_real_keys(_run(loader))) == 3, "complete records before the cut are good"
+    assert loader.counters["bad/truncated_tar"] == 1
+    # Cut inside the last record's members (after its first member): that record is the bad one.
+    last_member = data.rindex(b"r2.")
+    path.write_bytes(data[: last_member + 512 + 512])
+    loader = BrushDataLoader(_cfg(tmp_path, num_workers=0, batch_size=1, max_bad_fraction=1.0))
     assert len(_real_keys(_run(loader))) == 2
     assert loader.counters["bad/truncated_tar"] == 1
 

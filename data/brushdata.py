@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .masks import MASK_SOURCES, MaskPolicy
-from .records import REASONS, BadRecord, BadSample, RawRecord, parse_record, read_shard
+from .records import BadRecord, BadSample, RawRecord, parse_record, read_shard
 from .shards import Segment, epoch_segments, expand_shards, shard_sizes, split_segments
 from .transforms import make_example
 

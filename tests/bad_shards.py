@@ -1,4 +1,5 @@
-"""Shards with one bad record of every kind, written with plain ``tarfile`` (not our writer)."""
+"""Test shards: uneven synthetic shard sets, and shards with one bad record of every kind
+(the latter written with plain ``tarfile``, not our writer)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,21 @@ def write_bad_dataset(folder: Path, good_per_shard: int = 6) -> dict:
     (folder / "truncated-00001.tar").write_bytes(full[:offset])
     good_keys += ["t000", "t001"]
     return {"good": len(good_keys), "bad": {**{r: 1 for r in DEFECTS}, "truncated_tar": 1}, "good_keys": good_keys}
+
+
+def write_uneven_shards(folder: Path, sizes: list[int], seed: int = 0, prefix: str = "part",
+                        min_size: int = 24, max_size: int = 48) -> Path:
+    """Synthetic shards holding ``sizes[i]`` records each; keys k00000, k00001, ... across shards."""
+    from data.synth import synth_record
+    from data.writer import ShardWriter, brushdata_members, encode_jpeg
+
+    rng = np.random.default_rng(seed)
+    n = 0
+    for i, size in enumerate(sizes):
+        with ShardWriter(folder, prefix=prefix, max_samples=size, start_index=i) as writer:
+            for _ in range(size):
+                rec = synth_record(rng, min_size, max_size)
+                h, w = rec.image.shape[:2]
+                writer.write(f"k{n:05d}", brushdata_members(encode_jpeg(rec.image), h, w, rec.caption, rec.masks))
+                n += 1
+    return folder

@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from bad_shards import members, write_bad_dataset, write_tar
+from bad_shards import members, write_bad_dataset, write_tar, write_uneven_shards
 from data.batch import model_inputs
 from data.brushdata import BadDataError, BrushDataLoader, DataConfig, MaskConfig
-from data.masks import rle_decode
 from data.shards import ShardSpecError, expand_shards, shard_sizes, split_segments, Segment
-from data.synth import synth_record
 from data.writer import ShardWriter, brushdata_members, encode_jpeg
 
 UNEVEN = [13, 40, 5, 22, 31, 9, 17]  # 137 records in 7 shards
@@ -25,17 +23,7 @@ UNEVEN = [13, 40, 5, 22, 31, 9, 17]  # 137 records in 7 shards
 
 @pytest.fixture(scope="module")
 def uneven_shards(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("uneven")
-    rng = np.random.default_rng(0)
-    n = 0
-    for i, size in enumerate(UNEVEN):
-        with ShardWriter(folder, prefix="part", max_samples=size, start_index=i) as writer:
-            for _ in range(size):
-                rec = synth_record(rng, 24, 48)
-                h, w = rec.image.shape[:2]
-                writer.write(f"k{n:05d}", brushdata_members(encode_jpeg(rec.image), h, w, rec.caption, rec.masks))
-                n += 1
-    return folder
+    return write_uneven_shards(tmp_path_factory.mktemp("uneven"), UNEVEN)
 
 
 def _cfg(shards, **kw):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from bad_shards import write_bad_dataset
 from data.masks import rle_decode
-from data.records import RawRecord, parse_record, read_shard
+from data.records import parse_record, read_shard
 from data.shards import expand_shards
 from train.cli import main
 

@@ -5,28 +5,13 @@ from __future__ import annotations
 import collections
 import json
 
-import numpy as np
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from bad_shards import write_uneven_shards
 from data.brushdata import BrushDataLoader, DataConfig
-from data.synth import synth_record
-from data.writer import ShardWriter, brushdata_members, encode_jpeg
 
 SIZES = [11, 3, 26, 7, 19]
-
-
-def _write(folder):
-    rng = np.random.default_rng(1)
-    n = 0
-    for i, size in enumerate(SIZES):
-        with ShardWriter(folder, prefix="d", max_samples=size, start_index=i) as writer:
-            for _ in range(size):
-                rec = synth_record(rng, 24, 40)
-                h, w = rec.image.shape[:2]
-                writer.write(f"k{n:04d}", brushdata_members(encode_jpeg(rec.image), h, w, rec.caption, rec.masks))
-                n += 1
 
 
 def _worker(rank: int, folder: str, init: str, out: str) -> None:
@@ -53,7 +38,7 @@ def _worker(rank: int, folder: str, init: str, out: str) -> None:
 
 
 def test_two_processes_cover_every_sample_once_through_a_resume(tmp_path):
-    _write(tmp_path / "shards")
+    write_uneven_shards(tmp_path / "shards", SIZES, seed=1, prefix="d")
     out = tmp_path / "result"
     mp.spawn(_worker, args=(str(tmp_path / "shards"), f"file://{tmp_path / 'rendezvous'}", str(out)), nprocs=2)
     results = [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)]

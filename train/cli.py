@@ -14,6 +14,8 @@ from typing import Sequence
 
 # name -> (module, one-line help)
 COMMANDS = {
+    "fit": ("train.fit", "train a BrushNet branch (default: the tiny CPU job, configs/tiny_cpu.yaml)"),
+    "export": ("train.export", "checkpoint (DDP or DeepSpeed ZeRO) -> branch folder in the reference layout"),
     "demo": ("train.demo", "inpaint a synthetic image with tiny models on CPU (no downloads)"),
     "data": ("data.cli", "BrushData shard tools: build, synth, validate, preview, bench, index"),
 }

@@ -42,6 +42,9 @@ def compose(schema: Type, files: Sequence[str | Path] = (), overrides: Sequence[
         OmegaConf.resolve(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"command-line override: {_describe(exc)}") from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ConfigError(f"required keys not set: {', '.join(missing)} (set them in a config file or as key=value)")
     OmegaConf.set_readonly(merged, True)
     return merged
 

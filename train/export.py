@@ -1,0 +1,121 @@
+"""Checkpoint -> a branch folder in the reference layout (config.json + safetensors).
+
+Works on our step checkpoints from DDP / single-process runs (Lightning's
+``model.ckpt``, read with ``weights_only=True``) and from DeepSpeed ZeRO-2/3
+runs (shards consolidated to fp32 with DeepSpeed's own ``zero_to_fp32``), and
+on a run folder (its latest checkpoint). ``--ema`` exports the EMA weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from .brushnet import BrushNetModel
+from .checkpointing import DDP_FILE, EMA_FILE, find_latest
+
+__all__ = ["branch_state_dict", "export_branch", "ExportOnEnd", "add_arguments", "run"]
+
+_PREFIX = "brushnet."
+
+
+def _step_dir(path: Path) -> Path:
+    if path.is_dir() and (path / "checkpoints").is_dir():  # a run's output_dir
+        latest = find_latest(path / "checkpoints")
+        if latest is None:
+            raise FileNotFoundError(f"{path} has no complete checkpoint under checkpoints/")
+        return latest
+    return path
+
+
+def branch_state_dict(checkpoint: str | Path, ema: bool = False) -> tuple[dict, dict]:
+    """(branch state dict, branch config) from a checkpoint."""
+    path = _step_dir(Path(checkpoint))
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    folder = path if path.is_dir() else path.parent
+    config_file = folder / "brushnet_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else None
+
+    if ema:
+        ema_file = folder / EMA_FILE
+        if not ema_file.is_file():
+            raise FileNotFoundError(f"{folder} has no {EMA_FILE}: was the run trained with ema.enabled=true?")
+        from safetensors.torch import load_file
+
+        state = load_file(str(ema_file))
+    elif path.is_file() or (path / DDP_FILE).is_file():
+        ckpt = torch.load(path if path.is_file() else path / DDP_FILE, map_location="cpu", weights_only=True)
+        config = config or (ckpt.get("brushtrain") or {}).get("brushnet_config")
+        state = {k[len(_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(_PREFIX)}
+    elif (path / "latest").is_file() or any(path.glob("*/*model_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        tag = (path / "latest").read_text().strip() if (path / "latest").is_file() else None
+        full = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
+        state = {k[len(_PREFIX):]: v for k, v in full.items() if k.startswith(_PREFIX)}
+    else:
+        raise ValueError(f"{path} is neither a BrushTrain/Lightning checkpoint nor a DeepSpeed checkpoint folder")
+    if config is None:
+        raise ValueError(f"no branch config found for {path} (brushnet_config.json or the checkpoint's brushtrain entry)")
+    if not state:
+        raise ValueError(f"{path} holds no branch weights (no '{_PREFIX}*' parameters)")
+    return state, config
+
+
+def export_branch(checkpoint: str | Path, out_dir: str | Path, ema: bool = False) -> Path:
+    """Write the branch as a reference-layout folder, atomically; returns the folder."""
+    state, config = branch_state_dict(checkpoint, ema=ema)
+    branch = BrushNetModel.from_config(config)
+    missing, unexpected = branch.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match its branch config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        branch.save_pretrained(tmp, safe_serialization=True)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+class ExportOnEnd(Callback):
+    """At the end of training, rank 0 exports the final checkpoint to ``<output_dir>/brushnet`` (and ``-ema``)."""
+
+    def __init__(self, checkpoint_callback, output_dir: str | Path, ema: bool = False):
+        self.checkpoint_callback = checkpoint_callback
+        self.output_dir = Path(output_dir)
+        self.ema = ema
+        self.exported: list[Path] = []
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Runs after StepCheckpoint.on_train_end (callback order), so the final checkpoint exists.
+        if trainer.is_global_zero:
+            latest = find_latest(self.checkpoint_callback.dirpath)
+            targets = [(self.output_dir / "brushnet", False)] + ([(self.output_dir / "brushnet-ema", True)] if self.ema else [])
+            for out, ema in targets:
+                self.exported.append(export_branch(latest, out, ema=ema))
+                print(f"exported {'EMA ' if ema else ''}branch (reference layout) to {out}", flush=True)
+        trainer.strategy.barrier("brushtrain-export")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", help="a step checkpoint folder, a .ckpt file, a DeepSpeed folder, or a run's output_dir")
+    parser.add_argument("out_dir", help="the branch folder to write (config.json + diffusion_pytorch_model.safetensors)")
+    parser.add_argument("--ema", action="store_true", help="export the EMA weights")
+
+
+def run(args) -> int:
+    out = export_branch(args.checkpoint, args.out_dir, ema=args.ema)
+    print(f"wrote {out} (reference BrushNet layout{', EMA weights' if args.ema else ''})")
+    return 0

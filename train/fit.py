@@ -1,0 +1,256 @@
+"""Train a BrushNet branch.
+
+  brushtrain fit                                       # the default job: configs/tiny_cpu.yaml
+  brushtrain fit -c configs/sd15_segmentation.yaml trainer.devices=8 data.batch_size=4
+  brushtrain fit -c configs/sd15_segmentation.yaml -c configs/deepspeed/zero2.yaml resume=auto
+
+Config files are merged in order over the defaults (train/schema.py), then
+``key=value`` overrides; launchers (torchrun, fabric run, srun) set
+trainer.devices / num_nodes to the processes they started. The resolved config
+is written to <output_dir>/config.yaml, checkpoints to <output_dir>/checkpoints,
+the final branch to <output_dir>/brushnet (reference layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from .config import ConfigError, compose, to_yaml
+
+__all__ = ["add_arguments", "run", "load_fit_config", "DEFAULT_CONFIG"]
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "tiny_cpu.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", action="append", default=[], metavar="YAML",
+                        help=f"config file(s), merged in order (default: {DEFAULT_CONFIG.relative_to(CONFIG_DIR.parent)})")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, applied last")
+
+
+def _config_path(name: str) -> Path:
+    path = Path(name)
+    if not path.exists() and not path.suffix and (CONFIG_DIR / f"{name}.yaml").is_file():
+        return CONFIG_DIR / f"{name}.yaml"  # `-c tiny_cpu` works too
+    return path
+
+
+def load_fit_config(files, overrides, launch=None):
+    from launch.env import detect_launch
+
+    from .schema import FitConfig
+
+    launch = launch or detect_launch()
+    files = [_config_path(f) for f in files] or [DEFAULT_CONFIG]
+    forced = [f"trainer.{k}={v}" for k, v in launch.trainer_overrides.items()]
+    cfg = compose(FitConfig, files, list(overrides) + forced)
+    return cfg, launch
+
+
+def _check(cfg) -> None:
+    """Everything that can be checked before any work starts; one message for all problems."""
+    from .optim import lr_at
+
+    problems = []
+    base = cfg.model.base
+    if not base:
+        problems.append("model.base is empty (a diffusers folder, a hub id, or tiny:sd15 / tiny:sdxl)")
+    elif base.startswith("tiny:"):
+        if base[5:] not in ("sd15", "sdxl"):
+            problems.append(f"model.base {base!r}: tiny models are tiny:sd15 or tiny:sdxl")
+    else:
+        local = Path(base).expanduser()
+        looks_like_hub_id = base.count("/") == 1 and not base.startswith((".", "/", "~"))
+        if local.exists() and not (local / "unet").is_dir():
+            problems.append(f"model.base {base!r} is not a diffusers model folder (no unet/ inside)")
+        elif not local.exists() and not looks_like_hub_id:
+            problems.append(f"model.base {base!r} does not exist (and is not a hub id like org/name)")
+    branch = cfg.model.brushnet
+    if branch and not Path(branch).expanduser().exists() and not (branch.count("/") == 1 and not branch.startswith((".", "/", "~"))):
+        problems.append(f"model.brushnet {branch!r} does not exist (and is not a hub id like org/name)")
+    if cfg.model.frozen_dtype not in ("bf16", "fp16", "fp32"):
+        problems.append(f"model.frozen_dtype must be bf16, fp16 or fp32, got {cfg.model.frozen_dtype!r}")
+    if cfg.model.prediction_type not in (None, "epsilon", "v_prediction"):
+        problems.append(f"model.prediction_type must be epsilon or v_prediction, got {cfg.model.prediction_type!r}")
+    if not cfg.data.shards and not cfg.synth.enabled:
+        problems.append("data.shards is empty (set it, or synth.enabled=true for synthetic data)")
+    if cfg.data.batch_size < 1:
+        problems.append("data.batch_size must be >= 1")
+    if cfg.trainer.max_steps < 1:
+        problems.append("trainer.max_steps must be >= 1")
+    try:
+        lr_at(0, cfg.optim, cfg.trainer.max_steps)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if cfg.resume not in (None, "auto") and not Path(cfg.resume).exists():
+        problems.append(f"resume {cfg.resume!r} does not exist (a checkpoint path or 'auto')")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _check_shards(cfg) -> None:
+    from data.shards import ShardSpecError, expand_shards
+
+    for key, specs in (("data.shards", cfg.data.shards), ("eval.shards", cfg.eval.shards)):
+        try:
+            if specs:
+                expand_shards(list(specs))
+        except ShardSpecError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+
+
+def _wait_for(path: Path, what: str, timeout: float = 1800) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if time.time() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f}s for rank 0 to write {what} ({path})")
+        time.sleep(1)
+
+
+def _prepare_files(cfg, launch) -> None:
+    """Rank 0 writes synthetic shards / tiny models if asked and missing; the others wait for them."""
+    from data.synth import write_synthetic_shards
+
+    from .tiny import write_tiny_base
+
+    jobs = []
+    if cfg.synth.enabled:
+        s = cfg.synth
+        for folder, n, seed in ((s.train_dir, s.train_samples, s.seed), (s.eval_dir, s.eval_samples, s.seed + 1)):
+            if n > 0:
+                jobs.append((Path(folder), lambda folder=folder, n=n, seed=seed: _synth_atomic(
+                    write_synthetic_shards, Path(folder), n, s.per_shard, seed, s.min_size, s.max_size)))
+    if cfg.model.base.startswith("tiny:"):
+        kind = cfg.model.base[5:]
+        path = _tiny_path(cfg)
+        jobs.append((path / "model_index.json", lambda: write_tiny_base(path, kind=kind, seed=cfg.trainer.seed)))
+    for marker, job in jobs:
+        if marker.exists():
+            continue
+        if launch.is_rank_zero:
+            job()
+        else:
+            _wait_for(marker, "prepared files")
+
+
+def _synth_atomic(write, folder: Path, n, per_shard, seed, min_size, max_size) -> None:
+    import shutil
+
+    if folder.exists() and any(folder.glob("*.tar")):
+        return
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp, n, per_shard, seed, min_size, max_size)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        folder.rmdir()
+    os.replace(tmp, folder)
+    print(f"wrote {n} synthetic records to {folder}", flush=True)
+
+
+def _tiny_path(cfg) -> Path:
+    return Path(cfg.output_dir) / f"base-tiny-{cfg.model.base[5:]}"
+
+
+def _data_config(cfg):
+    from omegaconf import OmegaConf
+
+    from data.brushdata import DataConfig, MaskConfig
+
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    mask = MaskConfig(**data.pop("mask"))
+    if not data["shards"] and cfg.synth.enabled:
+        data["shards"] = [cfg.synth.train_dir]
+    return DataConfig(mask=mask, **data)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, launch = load_fit_config(args.config, args.overrides)
+    _check(cfg)
+    _check_shards(cfg)  # before writing anything (synthetic dirs are not in data.shards)
+    _prepare_files(cfg, launch)
+    return train(cfg, launch)
+
+
+def train(cfg, launch) -> int:
+    import warnings
+
+    import lightning as L
+    import torch
+
+    from data.datamodule import BrushDataModule
+
+    from .brushnet import BrushNetModel
+    from .checkpointing import StepCheckpoint, resolve_resume
+    from .components import load_base
+    from .evaluation import DenoisingEval
+    from .export import ExportOnEnd
+    from .module import BrushNetModule
+    from .strategy import build_strategy
+
+    warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")  # ours is, via the datamodule
+    warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")
+    out = Path(cfg.output_dir)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+
+    base_path = _tiny_path(cfg) if cfg.model.base.startswith("tiny:") else cfg.model.base
+    base = load_base(base_path, revision=cfg.model.revision) if cfg.model.revision else load_base(base_path)
+    if cfg.model.brushnet:
+        branch = BrushNetModel.from_pretrained(cfg.model.brushnet)
+    else:
+        branch = BrushNetModel.from_unet(base.unet)
+    branch_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(branch.config).items()}
+
+    accelerator = cfg.trainer.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    devices = cfg.trainer.devices
+    n_local = (torch.cuda.device_count() if accelerator == "gpu" else 1) if devices == "auto" else int(devices)
+    strategy = build_strategy(cfg, "cpu" if accelerator == "cpu" else "gpu", n_local * cfg.trainer.num_nodes)
+
+    module = BrushNetModule(base, branch, cfg.model, cfg.optim, cfg.ema, max_steps=cfg.trainer.max_steps,
+                            seed=cfg.trainer.seed, deepspeed_cfg=cfg.deepspeed)
+    data_cfg = _data_config(cfg)
+    datamodule = BrushDataModule(data_cfg)
+
+    checkpoint = StepCheckpoint(out / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last, branch_config)
+    callbacks = [checkpoint]
+    if cfg.eval.shards or cfg.synth.enabled:
+        eval_cfg = cfg.eval
+        if not eval_cfg.shards:
+            from omegaconf import OmegaConf
+
+            eval_cfg = OmegaConf.merge(cfg.eval, {"shards": [cfg.synth.eval_dir]})
+        callbacks.append(DenoisingEval(eval_cfg, data_cfg, out / "eval.json"))
+    if cfg.checkpoint.export_on_end:
+        callbacks.append(ExportOnEnd(checkpoint, out, ema=cfg.ema.enabled))
+
+    from .loggers import build_logger
+
+    logger = build_logger(cfg, out)
+    progress = cfg.trainer.progress_bar
+    if progress is None:
+        import sys
+
+        progress = sys.stderr.isatty()
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=devices, num_nodes=cfg.trainer.num_nodes, strategy=strategy,
+        precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps, max_epochs=-1,
+        logger=logger, callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress,
+        enable_model_summary=False, log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=out,
+        num_sanity_val_steps=0, limit_val_batches=0,
+    )
+    resume = resolve_resume(cfg.resume, out)
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+        where = f"resuming from {resume}" if resume else "starting fresh"
+        print(f"brushtrain fit: {where}; output in {out} ({launch.launcher} launch, {trainer.world_size} process(es))",
+              flush=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
+    return 0

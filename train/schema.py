@@ -1,0 +1,138 @@
+"""The ``brushtrain fit`` config: every key, its default and meaning.
+
+YAML files in ``configs/`` override these defaults, ``key=value`` arguments
+override the files (``brushtrain fit -c configs/sd15_segmentation.yaml
+trainer.devices=8 data.batch_size=4``). Unknown keys and wrong types are
+rejected when the config is composed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from data.brushdata import DataConfig
+
+__all__ = [
+    "ModelConfig", "OptimConfig", "EMAConfig", "DeepSpeedConfig", "TrainerConfig", "CheckpointConfig",
+    "EvalConfig", "SynthConfig", "LoggingConfig", "FitConfig",
+]
+
+
+@dataclass
+class ModelConfig:
+    # A diffusers model folder or hub id (SD1.5 or SDXL layout), or "tiny:sd15" / "tiny:sdxl":
+    # tiny random-weight models written to <output_dir>/base-tiny-<kind> (tests, CPU demo).
+    base: str = "???"
+    revision: Optional[str] = None  # hub revision of `base`
+    brushnet: Optional[str] = None  # start from this branch folder (ours or a reference release); else from_unet
+    frozen_dtype: str = "bf16"  # dtype of the frozen UNet, VAE and text encoders: bf16 | fp16 | fp32
+    gradient_checkpointing: bool = False  # on the branch and the frozen UNet
+    prediction_type: Optional[str] = None  # epsilon | v_prediction; default: the base's scheduler config
+    min_snr_gamma: Optional[float] = None  # min-SNR loss weighting (e.g. 5.0); None = plain MSE
+    conditioning_scale: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 1e-2
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "constant"  # constant | cosine (after warmup; cosine decays to min_lr_ratio * lr at max_steps)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    max_nonfinite_in_a_row: int = 10  # stop after this many skipped steps in a row
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = False
+    decay: float = 0.9999
+    every: int = 1  # update every N optimizer steps
+    on_cpu: bool = False  # keep the EMA weights in CPU memory
+
+
+@dataclass
+class DeepSpeedConfig:
+    stage: int = 2  # 2 or 3
+    offload_optimizer: bool = False  # optimizer states (and step) on the CPU: DeepSpeedCPUAdam
+    offload_params: bool = False  # ZeRO-3 only: parameters on the CPU
+    overlap_comm: bool = True
+    bucket_size: int = 200_000_000  # reduce / allgather bucket (elements)
+    allow_cpu: bool = False  # TEST ONLY: run ZeRO on CPU processes over gloo (no GPU)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    accelerator: str = "auto"  # auto | gpu | cpu
+    devices: Any = "auto"  # processes per node: an int, or auto (all GPUs, 1 on CPU)
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto (DDP when >1 process) | ddp | deepspeed (see the deepspeed section)
+    precision: str = "bf16-mixed"  # bf16-mixed | 16-mixed | 32-true
+    seed: int = 0
+    log_every_n_steps: int = 10
+    progress_bar: Optional[bool] = None  # None: a bar on a terminal, log lines otherwise
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int = 1000
+    keep_last: int = 3
+    export_on_end: bool = True  # write <output_dir>/brushnet (and brushnet-ema) at the end
+
+
+@dataclass
+class EvalConfig:
+    """Held-out masked-region denoising loss (fixed samples, timesteps and noise)."""
+
+    shards: List[str] = field(default_factory=list)  # empty: no evaluation
+    samples: int = 32
+    timesteps: List[int] = field(default_factory=lambda: [100, 300, 500, 700, 900])
+    at_start: bool = True
+    at_end: bool = True
+    every_n_steps: int = 0
+
+
+@dataclass
+class SynthConfig:
+    """Synthetic shards written before training when the data folders are empty (demo, tests)."""
+
+    enabled: bool = False
+    train_dir: str = "${output_dir}/data/train"
+    eval_dir: str = "${output_dir}/data/heldout"
+    train_samples: int = 512
+    eval_samples: int = 64
+    per_shard: int = 64
+    min_size: int = 64
+    max_size: int = 96
+    seed: int = 1234
+
+
+@dataclass
+class LoggingConfig:
+    logger: str = "csv"  # csv | tensorboard | wandb | none
+    project: str = "brushtrain"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    wandb_mode: Optional[str] = None  # online | offline; default: offline unless logged in
+
+
+@dataclass
+class FitConfig:
+    output_dir: str = "runs/brushnet"
+    resume: Optional[str] = None  # a checkpoint (step folder, .ckpt, DeepSpeed folder) or "auto" (latest in output_dir)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -1,0 +1,93 @@
+"""``trainer.strategy`` -> a Lightning strategy: DDP or DeepSpeed ZeRO-2/3 (the only module importing deepspeed).
+
+``CPUDeepSpeedStrategy`` is for tests only (``deepspeed.allow_cpu=true``):
+Lightning's DeepSpeed strategy refuses anything but CUDA, while DeepSpeed itself
+runs ZeRO-2/3 on CPU processes over gloo, which lets CI train, checkpoint,
+resume and export through the ZeRO code paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import timedelta
+
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+from .config import ConfigError
+
+__all__ = ["build_strategy", "deepspeed_config", "CPUDeepSpeedStrategy"]
+
+
+class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+    """TEST ONLY. DeepSpeed on CPU processes: no CUDA check, no device-index validation, gloo."""
+
+    def setup_environment(self) -> None:
+        DDPStrategy.setup_environment(self)  # skip DeepSpeedStrategy's "CUDA only" check
+
+    def setup_distributed(self) -> None:
+        from lightning.fabric.utilities.seed import reset_seed
+
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    def _get_process_group_backend(self) -> str:
+        return "gloo"
+
+    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
+        import deepspeed
+
+        engine, ds_optimizer, _, _ = deepspeed.initialize(
+            args=argparse.Namespace(device_rank=self.local_rank),  # CPU devices have no index
+            config=self.config, model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+            optimizer=optimizer, lr_scheduler=lr_scheduler, dist_init_required=False,
+        )
+        return engine, ds_optimizer
+
+
+def deepspeed_config(ds, batch_size: int, grad_clip: float) -> dict:
+    """The DeepSpeed JSON config for ``deepspeed.*`` keys."""
+    if ds.stage not in (2, 3):
+        raise ConfigError(f"deepspeed.stage must be 2 or 3, got {ds.stage}")
+    if ds.offload_params and ds.stage != 3:
+        raise ConfigError("deepspeed.offload_params needs deepspeed.stage=3")
+    zero: dict = {
+        "stage": ds.stage,
+        "overlap_comm": ds.overlap_comm,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": ds.bucket_size,
+    }
+    if ds.stage == 2:
+        zero["allgather_bucket_size"] = ds.bucket_size
+    else:
+        zero.update({"stage3_prefetch_bucket_size": ds.bucket_size, "stage3_param_persistence_threshold": 100_000})
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "zero_optimization": zero,
+        "gradient_clipping": grad_clip or 0.0,
+        "train_micro_batch_size_per_gpu": batch_size,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_strategy(cfg, accelerator: str, n_processes: int):
+    """Strategy for ``cfg.trainer.strategy`` ('auto', 'ddp', 'deepspeed')."""
+    name = cfg.trainer.strategy
+    timeout = timedelta(minutes=30)
+    if name == "deepspeed":
+        ds_cfg = deepspeed_config(cfg.deepspeed, cfg.data.batch_size, cfg.optim.grad_clip)
+        if accelerator == "cpu":
+            if not cfg.deepspeed.allow_cpu:
+                raise ConfigError("trainer.strategy=deepspeed needs CUDA GPUs (deepspeed.allow_cpu=true is for tests only)")
+            return CPUDeepSpeedStrategy(config=ds_cfg, timeout=timeout, exclude_frozen_parameters=True)
+        return DeepSpeedStrategy(config=ds_cfg, timeout=timeout, exclude_frozen_parameters=True)
+    if name == "ddp" or (name == "auto" and n_processes > 1):
+        return DDPStrategy(find_unused_parameters=False, gradient_as_bucket_view=True, timeout=timeout)
+    if name == "auto":
+        return "auto"
+    raise ConfigError(f"trainer.strategy must be auto, ddp or deepspeed, got {name!r}")

@@ -32,4 +32,4 @@ def measure_throughput(cfg: DataConfig, samples: int = 500, warmup: int = 20) ->
                     "bad": {k[4:]: v for k, v in loader.counters.items() if k.startswith("bad/")},
                 }
         if epoch_good == 0:
-            raise ValueError(f"no good samples in {list(cfg.shards)}")
+            raise ValueError(f"no good samples in {cfg.shards}")

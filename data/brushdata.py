@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .masks import MASK_SOURCES, MaskPolicy
 from .records import BadRecord, BadSample, RawRecord, parse_record, read_shard
-from .shards import Segment, epoch_segments, expand_shards, shard_sizes, split_segments
+from .shards import Segment, epoch_segments, expand_shards, shard_sizes, shard_specs, split_segments
 from .transforms import make_example
 
 __all__ = ["MaskConfig", "DataConfig", "BrushDataset", "BrushDataLoader", "BadDataError", "pad_batch"]
@@ -74,7 +74,7 @@ class MaskConfig:
 
 @dataclass
 class DataConfig:
-    shards: list = field(default_factory=list)  # paths, dirs, globs, brace patterns, URLs, pipe:
+    shards: Any = field(default_factory=list)  # one spec or a list: paths, dirs, globs, brace patterns, URLs, pipe:
     sizes_file: Optional[str] = None  # default: sizes.json beside the shards, else counted
     resolution: int = 512
     batch_size: int = 2
@@ -252,10 +252,10 @@ class BrushDataLoader:
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.workers = max(1, int(cfg.num_workers))
-        self.shards = expand_shards(list(cfg.shards) if not isinstance(cfg.shards, str) else cfg.shards)
+        self.shards = expand_shards(cfg.shards)
         self.sizes = shard_sizes(self.shards, cfg.sizes_file)
         if sum(self.sizes) == 0:
-            raise ValueError(f"the shards {list(cfg.shards)} hold no samples")
+            raise ValueError(f"the shards {shard_specs(cfg.shards)} hold no samples")
         self.dataset = BrushDataset(cfg, self.shards, self.sizes)
         self._gather = gather or _default_gather
         self.counters: collections.Counter = collections.Counter()

@@ -33,6 +33,7 @@ __all__ = [
     "ShardSpecError",
     "Segment",
     "expand_shards",
+    "shard_specs",
     "is_url",
     "shard_sizes",
     "count_samples",
@@ -56,12 +57,20 @@ def is_url(spec: str) -> bool:
     return spec.startswith(_URL_PREFIXES)
 
 
+def shard_specs(value) -> list[str]:
+    """A config's shard value (one spec or a list of specs) as a list of strings."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [str(value)]
+    return [str(v) for v in value]
+
+
 def expand_shards(specs: str | Sequence[str]) -> list[str]:
     """Every shard the specs name, in a stable order (duplicates removed)."""
     from webdataset.shardlists import expand_urls
 
-    if isinstance(specs, (str, os.PathLike)):
-        specs = [str(specs)]
+    specs = shard_specs(specs)
     out: list[str] = []
     for spec in specs:
         matched: list[str] = []

@@ -17,6 +17,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 
 from data.brushdata import BrushDataLoader
+from data.shards import shard_specs
 
 __all__ = ["DenoisingEval", "heldout_batches"]
 
@@ -24,7 +25,7 @@ __all__ = ["DenoisingEval", "heldout_batches"]
 def heldout_batches(data_cfg, shards: list[str], samples: int) -> list[dict]:
     """The first ``samples`` good held-out samples, deterministic (no shuffling, fixed seed)."""
     cfg = dataclasses.replace(
-        data_cfg, shards=list(shards), num_workers=0, shuffle_shards=False, shuffle_buffer=1, caption_dropout=0.0,
+        data_cfg, shards=shard_specs(shards), num_workers=0, shuffle_shards=False, shuffle_buffer=1, caption_dropout=0.0,
         seed=0, max_bad_fraction=1.0, batch_size=min(int(data_cfg.batch_size), 8), pin_memory=False,
     )
     batches, seen = [], 0
@@ -50,7 +51,7 @@ class DenoisingEval(Callback):
 
     def evaluate(self, trainer, pl_module, label: str) -> dict:
         if self._batches is None:
-            self._batches = heldout_batches(self.data_cfg, list(self.cfg.shards), self.cfg.samples)
+            self._batches = heldout_batches(self.data_cfg, shard_specs(self.cfg.shards), self.cfg.samples)
         timesteps = list(self.cfg.timesteps)
         with_branch = pl_module.denoising_loss(self._batches, timesteps)
         branch_off = pl_module.denoising_loss(self._batches, timesteps, conditioning_scale=0.0)

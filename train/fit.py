@@ -14,7 +14,6 @@ the final branch to <output_dir>/brushnet (reference layout).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -77,7 +76,9 @@ def _check(cfg) -> None:
         problems.append(f"model.frozen_dtype must be bf16, fp16 or fp32, got {cfg.model.frozen_dtype!r}")
     if cfg.model.prediction_type not in (None, "epsilon", "v_prediction"):
         problems.append(f"model.prediction_type must be epsilon or v_prediction, got {cfg.model.prediction_type!r}")
-    if not cfg.data.shards and not cfg.synth.enabled:
+    from data.shards import shard_specs
+
+    if not shard_specs(cfg.data.shards) and not cfg.synth.enabled:
         problems.append("data.shards is empty (set it, or synth.enabled=true for synthetic data)")
     if cfg.data.batch_size < 1:
         problems.append("data.batch_size must be >= 1")
@@ -94,12 +95,12 @@ def _check(cfg) -> None:
 
 
 def _check_shards(cfg) -> None:
-    from data.shards import ShardSpecError, expand_shards
+    from data.shards import ShardSpecError, expand_shards, shard_specs
 
-    for key, specs in (("data.shards", cfg.data.shards), ("eval.shards", cfg.eval.shards)):
+    for key, value in (("data.shards", cfg.data.shards), ("eval.shards", cfg.eval.shards)):
         try:
-            if specs:
-                expand_shards(list(specs))
+            if shard_specs(value):
+                expand_shards(value)
         except ShardSpecError as exc:
             raise ConfigError(f"{key}: {exc}") from None
 
@@ -161,11 +162,11 @@ def _data_config(cfg):
     from omegaconf import OmegaConf
 
     from data.brushdata import DataConfig, MaskConfig
+    from data.shards import shard_specs
 
     data = OmegaConf.to_container(cfg.data, resolve=True)
     mask = MaskConfig(**data.pop("mask"))
-    if not data["shards"] and cfg.synth.enabled:
-        data["shards"] = [cfg.synth.train_dir]
+    data["shards"] = shard_specs(data["shards"]) or ([cfg.synth.train_dir] if cfg.synth.enabled else [])
     return DataConfig(mask=mask, **data)
 
 
@@ -220,9 +221,11 @@ def train(cfg, launch) -> int:
 
     checkpoint = StepCheckpoint(out / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last, branch_config)
     callbacks = [checkpoint]
-    if cfg.eval.shards or cfg.synth.enabled:
+    from data.shards import shard_specs
+
+    if shard_specs(cfg.eval.shards) or cfg.synth.enabled:
         eval_cfg = cfg.eval
-        if not eval_cfg.shards:
+        if not shard_specs(eval_cfg.shards):
             from omegaconf import OmegaConf
 
             eval_cfg = OmegaConf.merge(cfg.eval, {"shards": [cfg.synth.eval_dir]})

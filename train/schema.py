@@ -88,7 +88,7 @@ class CheckpointConfig:
 class EvalConfig:
     """Held-out masked-region denoising loss (fixed samples, timesteps and noise)."""
 
-    shards: List[str] = field(default_factory=list)  # empty: no evaluation
+    shards: Any = field(default_factory=list)  # one spec or a list; empty: no evaluation
     samples: int = 32
     timesteps: List[int] = field(default_factory=lambda: [100, 300, 500, 700, 900])
     at_start: bool = True

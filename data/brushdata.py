@@ -261,6 +261,7 @@ class BrushDataLoader:
         self.counters: collections.Counter = collections.Counter()
         self.epoch = 0
         self._base: list[Segment] | None = None  # the epoch's remaining samples after a layout change
+        self._finished = False  # every batch of the current epoch has been handed out
         self._reset_progress()
         self._pending: dict | None = None  # this rank's progress to resume with
 
@@ -293,13 +294,13 @@ class BrushDataLoader:
     # ------------------------------------------------------------ iterate
 
     def _reset_progress(self) -> None:
-        self.progress = {"slots": {}, "last_slot": None, "yielded": 0, "pads": 0}
+        self.progress = {"slots": {}, "last_slot": None, "yielded": 0, "pads": 0, "total": None}
         self._snapshots: collections.OrderedDict = collections.OrderedDict()
 
     def _snapshot(self) -> None:
         snap = {"slots": {k: dict(v) for k, v in self.progress["slots"].items()},
                 "last_slot": self.progress["last_slot"], "yielded": self.progress["yielded"],
-                "pads": self.progress["pads"], "counters": dict(self.counters)}
+                "pads": self.progress["pads"], "total": self.progress["total"], "counters": dict(self.counters)}
         self._snapshots[self.progress["yielded"]] = snap
         while len(self._snapshots) > 16:
             self._snapshots.popitem(last=False)
@@ -315,15 +316,28 @@ class BrushDataLoader:
                 f"check it with `brushtrain data validate` (or raise the ceiling)."
             )
 
+    def _advance_epoch(self) -> None:
+        self.epoch += 1
+        self._base = None
+        self._finished = False
+        self._reset_progress()
+
     def __iter__(self) -> Iterator[dict]:
+        # A trainer that knows len() stops after the last batch without exhausting us: the
+        # next iter() starts the next epoch. An iteration abandoned mid-epoch continues.
+        if self._finished:
+            self._advance_epoch()
+        resume = self._pending
+        if resume is None and self.progress["yielded"]:
+            resume = self._snapshots[self.progress["yielded"]]
+        self._pending = None
         plan = self._plan()
         total = self.batches_per_rank(plan)
-        resume = self._pending
-        self._pending = None
         self._reset_progress()
         if resume:
             self.progress.update({k: resume[k] for k in ("slots", "last_slot", "yielded", "pads")})
             self.progress["slots"] = {int(k): dict(v) for k, v in resume["slots"].items()}
+        self.progress["total"] = total
         slots = self._rank_slots()
         rotation = 0 if self.progress["last_slot"] is None else (self.progress["last_slot"] - slots[0] + 1) % self.workers
         self.dataset.job = _Job(
@@ -356,6 +370,7 @@ class BrushDataLoader:
             self.counters["good"] += len(item["key"])
             self._check_bad_fraction()
             self.progress["yielded"] += 1
+            self._finished = self.progress["yielded"] >= total
             self._snapshot()
             template = item
             yield item
@@ -363,11 +378,10 @@ class BrushDataLoader:
             self.progress["yielded"] += 1
             self.progress["pads"] += 1
             self.counters["pad_batches"] += 1
+            self._finished = self.progress["yielded"] >= total
             self._snapshot()
             yield pad_batch(template, self.cfg.resolution)
-        self.epoch += 1
-        self._base = None
-        self._reset_progress()
+        self._finished = True
 
     # -------------------------------------------------------------- state
 
@@ -390,15 +404,20 @@ class BrushDataLoader:
                 **self.progress, "counters": dict(self.counters)}
         else:
             snap = self._snapshots[batches_done]
+        epoch, base = self.epoch, self._base
+        if snap.get("total") is not None and snap["yielded"] >= snap["total"]:
+            # The epoch is complete (the same on every rank: all yield `total` batches): next one.
+            snap = {"slots": {}, "last_slot": None, "yielded": 0, "pads": 0, "total": None, "counters": snap["counters"]}
+            epoch, base = epoch + 1, None
         mine = {"rank": self.rank, **snap}
         ranks = self._gather(mine)
         return {
             "version": STATE_VERSION,
-            "epoch": self.epoch,
+            "epoch": epoch,
             "seed": self.cfg.seed,
             "fingerprint": self.fingerprint,
             "layout": {"world_size": self.world_size, "workers": self.workers},
-            "base": None if self._base is None else [[s.shard, s.start, s.end] for s in self._base],
+            "base": None if base is None else [[s.shard, s.start, s.end] for s in base],
             "ranks": {int(r["rank"]): r for r in ranks},
         }
 
@@ -412,6 +431,8 @@ class BrushDataLoader:
             self._base, self._pending = None, None
             return
         ranks = {int(k): v for k, v in state["ranks"].items()}
+        self._finished = False
+        self._reset_progress()
         self._base = None if state["base"] is None else [Segment(*s) for s in state["base"]]
         layout = state["layout"]
         if (layout["world_size"], layout["workers"]) == (self.world_size, self.workers):

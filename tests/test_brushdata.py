@@ -72,7 +72,18 @@ def test_epochs_reshuffle_and_repeat_the_data(uneven_shards):
     loader = BrushDataLoader(_cfg(uneven_shards, num_workers=0))
     first, second = _real_keys(_run(loader)), _real_keys(_run(loader))
     assert sorted(first) == sorted(second) and first != second
-    assert loader.epoch == 2
+    assert loader.epoch == 1 and loader.position()["epoch"] == 2  # both epochs handed out in full
+
+
+def test_a_trainer_that_stops_at_len_gets_the_next_epoch(uneven_shards):
+    loader = BrushDataLoader(_cfg(uneven_shards, num_workers=0))
+    n = len(loader)
+    first = _real_keys(_run(loader, n))  # stops after len() batches, never exhausting the iterator
+    second = _real_keys(_run(loader, n))
+    assert sorted(first) == sorted(second) and first != second
+    partial = _real_keys(_run(loader, 3))  # an iteration abandoned mid-epoch continues
+    rest = _real_keys(_run(loader))
+    assert sorted(partial + rest) == sorted(first)
 
 
 def test_resume_continues_the_identical_stream(uneven_shards):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 
 from data.brushdata import DataConfig
@@ -35,11 +36,13 @@ def _fit(shards, root, max_steps, ckpt_path=None, every=None):
     return model.keys
 
 
-def test_fit_resume_continues_the_data_stream(tmp_path):
+@pytest.mark.parametrize("stop", [7, 12])  # mid-epoch, and exactly at the end of epoch 0 (12 batches)
+def test_fit_resume_continues_the_data_stream(tmp_path, stop):
     write_synthetic_shards(tmp_path / "shards", 45, samples_per_shard=10, min_size=32, max_size=48)
     straight = _fit(tmp_path / "shards", tmp_path / "a", max_steps=16)  # crosses an epoch boundary
-    first = _fit(tmp_path / "shards", tmp_path / "b", max_steps=7, every=7)
+    first = _fit(tmp_path / "shards", tmp_path / "b", max_steps=stop, every=stop)
     (ckpt,) = (tmp_path / "b" / "ckpt").glob("*.ckpt")
     second = _fit(tmp_path / "shards", tmp_path / "c", max_steps=16, ckpt_path=str(ckpt))
     assert len(straight) == 45 + 4 * 4  # epoch 1: 12 batches (two workers end with partial ones), then 4 full
     assert first + second == straight
+    assert sorted(straight[:45]) == sorted(set(straight[:45])) and straight[45:49] != straight[:4], "epoch 1 reshuffled"

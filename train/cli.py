@@ -21,6 +21,10 @@ COMMANDS = {
 }
 
 
+# Errors that describe bad input (a message is enough, no traceback).
+_USER_ERRORS = {"CheckpointError", "ShardSpecError", "RLEError"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brushtrain",
@@ -45,6 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"brushtrain {args.command}: config error: {exc}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, FileExistsError) as exc:
+        print(f"brushtrain {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        if type(exc).__name__ in _USER_ERRORS:
+            print(f"brushtrain {args.command}: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

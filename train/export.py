@@ -20,9 +20,13 @@ from lightning.pytorch.callbacks import Callback
 from .brushnet import BrushNetModel
 from .checkpointing import DDP_FILE, EMA_FILE, find_latest
 
-__all__ = ["branch_state_dict", "export_branch", "ExportOnEnd", "add_arguments", "run"]
+__all__ = ["CheckpointError", "branch_state_dict", "export_branch", "ExportOnEnd", "add_arguments", "run"]
 
 _PREFIX = "brushnet."
+
+
+class CheckpointError(ValueError):
+    """A path that is not a usable checkpoint; the message says why."""
 
 
 def _step_dir(path: Path) -> Path:
@@ -61,11 +65,11 @@ def branch_state_dict(checkpoint: str | Path, ema: bool = False) -> tuple[dict, 
         full = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
         state = {k[len(_PREFIX):]: v for k, v in full.items() if k.startswith(_PREFIX)}
     else:
-        raise ValueError(f"{path} is neither a BrushTrain/Lightning checkpoint nor a DeepSpeed checkpoint folder")
+        raise CheckpointError(f"{path} is neither a BrushTrain/Lightning checkpoint nor a DeepSpeed checkpoint folder")
     if config is None:
-        raise ValueError(f"no branch config found for {path} (brushnet_config.json or the checkpoint's brushtrain entry)")
+        raise CheckpointError(f"no branch config found for {path} (brushnet_config.json or the checkpoint's brushtrain entry)")
     if not state:
-        raise ValueError(f"{path} holds no branch weights (no '{_PREFIX}*' parameters)")
+        raise CheckpointError(f"{path} holds no branch weights (no '{_PREFIX}*' parameters)")
     return state, config
 
 
@@ -75,7 +79,7 @@ def export_branch(checkpoint: str | Path, out_dir: str | Path, ema: bool = False
     branch = BrushNetModel.from_config(config)
     missing, unexpected = branch.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match its branch config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(f"checkpoint does not match its branch config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

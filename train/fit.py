@@ -53,8 +53,6 @@ def load_fit_config(files, overrides, launch=None):
 
 def _check(cfg) -> None:
     """Everything that can be checked before any work starts; one message for all problems."""
-    from .optim import lr_at
-
     problems = []
     base = cfg.model.base
     if not base:
@@ -84,10 +82,15 @@ def _check(cfg) -> None:
         problems.append("data.batch_size must be >= 1")
     if cfg.trainer.max_steps < 1:
         problems.append("trainer.max_steps must be >= 1")
-    try:
-        lr_at(0, cfg.optim, cfg.trainer.max_steps)
-    except ValueError as exc:
-        problems.append(str(exc))
+    if cfg.optim.schedule not in ("constant", "cosine"):
+        problems.append(f"optim.schedule must be 'constant' or 'cosine', got {cfg.optim.schedule!r}")
+    if cfg.trainer.strategy not in ("auto", "ddp", "deepspeed"):
+        problems.append(f"trainer.strategy must be auto, ddp or deepspeed, got {cfg.trainer.strategy!r}")
+    if cfg.trainer.strategy == "deepspeed" and not cfg.deepspeed.allow_cpu:
+        import torch
+
+        if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available():
+            problems.append("trainer.strategy=deepspeed needs CUDA GPUs (deepspeed.allow_cpu=true is for tests only)")
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).exists():
         problems.append(f"resume {cfg.resume!r} does not exist (a checkpoint path or 'auto')")
     if problems:

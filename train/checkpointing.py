@@ -110,7 +110,7 @@ class StepCheckpoint(Callback):
             tmp.mkdir(parents=True)
         trainer.strategy.barrier("brushtrain-ckpt-start")
         target = tmp if _is_deepspeed(trainer) else tmp / DDP_FILE
-        trainer.save_checkpoint(target)  # DeepSpeed: all ranks write their shards; else rank 0 writes
+        trainer.save_checkpoint(target, weights_only=False)  # full state; DeepSpeed: every rank writes its shards
         trainer.strategy.barrier("brushtrain-ckpt-written")
         if trainer.is_global_zero:
             (tmp / "brushnet_config.json").write_text(json.dumps(self.branch_config, indent=2))

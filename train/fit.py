@@ -157,6 +157,16 @@ def _synth_atomic(write, folder: Path, n, per_shard, seed, min_size, max_size) -
     print(f"wrote {n} synthetic records to {folder}", flush=True)
 
 
+def _finished_step(checkpoint: Path | None) -> int | None:
+    """The step a checkpoint of ours was taken at (from its meta.json), if known."""
+    import json
+
+    if checkpoint is None:
+        return None
+    meta = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "meta.json"
+    return int(json.loads(meta.read_text())["step"]) if meta.is_file() else None
+
+
 def _tiny_path(cfg) -> Path:
     return Path(cfg.output_dir) / f"base-tiny-{cfg.model.base[5:]}"
 
@@ -173,6 +183,24 @@ def _data_config(cfg):
     return DataConfig(mask=mask, **data)
 
 
+def _quiet_libraries() -> None:
+    """Keep the run's output to what matters: drop known-harmless library chatter."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")  # ours is, via the datamodule
+    warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")  # exact by design
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+
+
 def run(args: argparse.Namespace) -> int:
     cfg, launch = load_fit_config(args.config, args.overrides)
     _check(cfg)
@@ -182,8 +210,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train(cfg, launch) -> int:
-    import warnings
-
     import lightning as L
     import torch
 
@@ -197,8 +223,7 @@ def train(cfg, launch) -> int:
     from .module import BrushNetModule
     from .strategy import build_strategy
 
-    warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")  # ours is, via the datamodule
-    warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")
+    _quiet_libraries()
     out = Path(cfg.output_dir)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
 
@@ -252,6 +277,12 @@ def train(cfg, launch) -> int:
         num_sanity_val_steps=0, limit_val_batches=0,
     )
     resume = resolve_resume(cfg.resume, out)
+    done = _finished_step(resume)
+    if done is not None and done >= cfg.trainer.max_steps:
+        if trainer.is_global_zero:
+            print(f"brushtrain fit: {out} already reached step {done} (trainer.max_steps={cfg.trainer.max_steps}); "
+                  f"nothing to do. Raise trainer.max_steps to train on; the branch is in {out / 'brushnet'}", flush=True)
+        return 0
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))

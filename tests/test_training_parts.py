@@ -1,0 +1,164 @@
+"""Trainer pieces on their own: targets and losses, LR schedule, EMA, non-finite steps, launchers."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from data.brushdata import DataConfig, MaskConfig
+from data.datamodule import BrushDataModule
+from data.synth import write_synthetic_shards
+from launch.env import detect_launch
+from train.brushnet import BrushNetModel
+from train.ema import BranchEMA
+from train.losses import min_snr_weights, per_sample_mse, region_mse, snr, training_target
+from train.module import BrushNetModule, NonFiniteError
+from train.optim import lr_at
+from train.schema import EMAConfig, ModelConfig, OptimConfig
+
+
+def test_targets_for_epsilon_and_v_prediction():
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    x0, noise = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    t = torch.tensor([0, 500, 999])
+    assert torch.equal(training_target(sched, x0, noise, t, "epsilon"), noise)
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(training_target(sched, x0, noise, t, "v_prediction"), a.sqrt() * noise - (1 - a).sqrt() * x0)
+    with pytest.raises(ValueError, match="prediction_type"):
+        training_target(sched, x0, noise, t, "sample")
+
+
+def test_min_snr_weights():
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    t = torch.tensor([1, 100, 900])
+    s = snr(sched, t)
+    w = min_snr_weights(sched, t, 5.0, "epsilon")
+    torch.testing.assert_close(w, torch.minimum(s, torch.tensor(5.0)) / s)
+    assert w[0] < 1 and w[-1] == pytest.approx(1.0)  # low noise is down-weighted, high noise untouched
+    wv = min_snr_weights(sched, t, 5.0, "v_prediction")
+    torch.testing.assert_close(wv, torch.minimum(s, torch.tensor(5.0)) / (s + 1))
+
+
+def test_losses():
+    pred, target = torch.zeros(2, 4, 2, 2), torch.ones(2, 4, 2, 2)
+    target[1] = 3
+    assert per_sample_mse(pred, target).tolist() == [1.0, 9.0]
+    region = torch.zeros(2, 1, 2, 2)
+    region[0, 0, 0, 0] = 1
+    err, count = region_mse(pred, target, region)
+    assert (float(err), float(count)) == (4.0, 4.0)
+
+
+def test_lr_schedule():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_at(0, cfg, 110) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 110) == pytest.approx(1.0)
+    assert lr_at(10, cfg, 110) == pytest.approx(1.0)
+    assert lr_at(60, cfg, 110) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(110, cfg, 110) == pytest.approx(0.1)
+    assert lr_at(500, OptimConfig(lr=2.0), 10) == 2.0
+
+
+def test_ema_follows_the_weights():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    ema = BranchEMA(net, decay=0.5)
+    start = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net)  # warm-up decay min(0.5, 1/10) = 0.1
+    torch.testing.assert_close(ema.shadow["weight"], 0.1 * start["weight"] + 0.9 * net.weight)
+    restored = BranchEMA(net, decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 1 and torch.equal(restored.shadow["weight"], ema.shadow["weight"])
+
+
+class _NanGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def _module(tiny_sd15, max_steps, max_in_a_row=3):
+    branch = BrushNetModel.from_unet(tiny_sd15.unet)
+    return BrushNetModule(tiny_sd15, branch, ModelConfig(base="tiny:sd15", frozen_dtype="fp32"),
+                          OptimConfig(lr=1e-3, max_nonfinite_in_a_row=max_in_a_row), EMAConfig(), max_steps=max_steps)
+
+
+def _trainer(tmp_path, max_steps):
+    return L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                     enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path, precision="32-true")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("nf")
+    write_synthetic_shards(folder, 64, samples_per_shard=32, min_size=64, max_size=72)
+    return folder
+
+
+def _data(shards):
+    return BrushDataModule(DataConfig(shards=[str(shards)], resolution=64, batch_size=4, num_workers=0,
+                                      mask=MaskConfig(segmentation=1.0)))
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_a_non_finite_step_is_skipped_and_counted(tmp_path, tiny_sd15, shards, where):
+    module = _module(tiny_sd15, max_steps=5)
+    real = module.compute_loss
+    calls = []
+
+    def sometimes_bad(batch, step):
+        calls.append(step)
+        loss = real(batch, step)
+        if len(calls) == 2:
+            return loss * float("nan") if where == "loss" else _NanGrad.apply(loss)
+        return loss
+
+    module.compute_loss = sometimes_bad
+    _trainer(tmp_path, 5).fit(module, datamodule=_data(shards))
+    assert module.skipped_steps == 1 and module.global_step == 5 and len(calls) == 6
+    assert all(torch.isfinite(p).all() for p in module.brushnet.parameters())
+
+
+def test_too_many_non_finite_steps_stop_the_run(tmp_path, tiny_sd15, shards):
+    module = _module(tiny_sd15, max_steps=10, max_in_a_row=3)
+    module.compute_loss = lambda batch, step: torch.tensor(float("inf"), requires_grad=True)
+    with pytest.raises(NonFiniteError, match="3 optimizer steps in a row were skipped"):
+        _trainer(tmp_path, 10).fit(module, datamodule=_data(shards))
+
+
+def test_only_the_branch_is_a_submodule_and_checkpointed(tiny_sd15):
+    module = _module(tiny_sd15, max_steps=1)
+    names = {n.split(".")[0] for n, _ in module.named_parameters()}
+    assert names == {"brushnet"}
+    assert all(k.startswith("brushnet.") for k in module.state_dict())
+    assert all(not p.requires_grad for p in tiny_sd15.unet.parameters())
+
+
+# --------------------------------------------------------------- launchers
+
+
+@pytest.mark.parametrize("env, launcher, rank, overrides", [
+    ({}, "none", 0, {}),
+    ({"LOCAL_RANK": "1"}, "none", 1, {}),
+    ({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, "torchrun", 3,
+     {"devices": 2, "num_nodes": 2}),
+    ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "LT_CLI_USED": "1",
+      "LT_ACCELERATOR": "cpu", "LT_DEVICES": "2", "LT_NUM_NODES": "1", "LT_PRECISION": "32-true"}, "fabric", 0,
+     {"devices": 2, "num_nodes": 1, "accelerator": "cpu", "precision": "32-true"}),
+    ({"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_NNODES": "2", "SLURM_STEP_ID": "0",
+      "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_NAME": "train"}, "slurm", 5, {"devices": 4, "num_nodes": 2}),
+])
+def test_launch_detection(env, launcher, rank, overrides):
+    info = detect_launch(env)
+    assert (info.launcher, info.rank, info.trainer_overrides) == (launcher, rank, overrides)

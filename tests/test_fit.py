@@ -171,3 +171,23 @@ def test_bad_configs_are_refused_with_one_clear_message(tmp_path, capsys, overri
     code = main(["fit", f"output_dir={tmp_path}", *overrides])
     err = capsys.readouterr().err
     assert code == 2 and "config error" in err and message in err, err
+
+
+@pytest.mark.parametrize("launcher", ["fabric", "torchrun"])
+def test_external_launchers_start_each_process_once(tmp_path, launcher):
+    """`fabric run` / `torchrun` start 2 processes; fit uses them (no second spawn) and finishes."""
+    out = tmp_path / launcher
+    bin_dir = Path(sys.executable).parent
+    if launcher == "fabric":
+        cmd = [str(bin_dir / "fabric"), "run", "--accelerator", "cpu", "--devices", "2"]
+    else:
+        cmd = [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517"]
+    cmd += ["launch/fit.py", f"output_dir={out}", "trainer.max_steps=4", "checkpoint.every_n_steps=4", "eval.at_start=false", *SMALL]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"({launcher} launch, 2 process(es))" in result.stdout
+    assert result.stdout.count("brushtrain fit: starting fresh") == 1
+    meta = json.loads((out / "checkpoints" / "step-00000004" / "meta.json").read_text())
+    assert meta["world_size"] == 2
+    BrushNetModel.from_pretrained(out / "brushnet")

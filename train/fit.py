@@ -240,6 +240,11 @@ def train(cfg, launch) -> int:
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     devices = cfg.trainer.devices
     n_local = (torch.cuda.device_count() if accelerator == "gpu" else 1) if devices == "auto" else int(devices)
+    if accelerator == "cpu":
+        # One share of the cores per local process: oversubscribed OpenMP threads spin and crawl
+        # (`fabric run` sets OMP_NUM_THREADS to all cores in every process).
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // max(1, n_local)))
     strategy = build_strategy(cfg, "cpu" if accelerator == "cpu" else "gpu", n_local * cfg.trainer.num_nodes)
 
     module = BrushNetModule(base, branch, cfg.model, cfg.optim, cfg.ema, max_steps=cfg.trainer.max_steps,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from types import SimpleNamespace
 
 import lightning as L
 import pytest

@@ -192,6 +192,10 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")  # exact by design
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn that it fell back to the CPU
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -202,6 +206,7 @@ def _quiet_libraries() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _quiet_libraries()
     cfg, launch = load_fit_config(args.config, args.overrides)
     _check(cfg)
     _check_shards(cfg)  # before writing anything (synthetic dirs are not in data.shards)
@@ -223,7 +228,6 @@ def train(cfg, launch) -> int:
     from .module import BrushNetModule
     from .strategy import build_strategy
 
-    _quiet_libraries()
     out = Path(cfg.output_dir)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
 

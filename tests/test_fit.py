@@ -20,7 +20,8 @@ from train.brushnet import BrushNetModel
 from train.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["synth.train_samples=96", "synth.eval_samples=16", "eval.samples=16", "synth.per_shard=32"]
+SMALL = ["synth.train_samples=96", "synth.eval_samples=16", "eval.samples=16", "synth.per_shard=32",
+         "logging.logger=csv", "samples.enabled=false"]  # tests about W&B and samples turn them back on
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-__all__ = ["StepCheckpoint", "find_latest", "resolve_resume", "checkpoint_file", "DDP_FILE", "EMA_FILE"]
+__all__ = ["StepCheckpoint", "ExportOnEnd", "find_latest", "resolve_resume", "checkpoint_file", "DDP_FILE", "EMA_FILE"]
 
 DDP_FILE = "model.ckpt"
 EMA_FILE = "ema.safetensors"
@@ -149,3 +149,25 @@ def _fsync_tree(root: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+
+
+class ExportOnEnd(Callback):
+    """At the end of training, rank 0 exports the final checkpoint to ``<output_dir>/brushnet`` (and ``-ema``)."""
+
+    def __init__(self, checkpoint_callback, output_dir: str | Path, ema: bool = False):
+        self.checkpoint_callback = checkpoint_callback
+        self.output_dir = Path(output_dir)
+        self.ema = ema
+        self.exported: list[Path] = []
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Runs after StepCheckpoint.on_train_end (callback order), so the final checkpoint exists.
+        from .export import export_branch
+
+        if trainer.is_global_zero:
+            latest = find_latest(self.checkpoint_callback.dirpath)
+            targets = [(self.output_dir / "brushnet", False)] + ([(self.output_dir / "brushnet-ema", True)] if self.ema else [])
+            for out, ema in targets:
+                self.exported.append(export_branch(latest, out, ema=ema))
+                print(f"exported {'EMA ' if ema else ''}branch (reference layout) to {out}", flush=True)
+        trainer.strategy.barrier("brushtrain-export")

@@ -16,13 +16,14 @@ from typing import Sequence
 COMMANDS = {
     "fit": ("train.fit", "train a BrushNet branch (default: the tiny CPU job, configs/tiny_cpu.yaml)"),
     "export": ("train.export", "checkpoint (DDP or DeepSpeed ZeRO) -> branch folder in the reference layout"),
+    "sample": ("train.sample_cmd", "inpaint an image with a base model and a branch folder"),
     "demo": ("train.demo", "inpaint a synthetic image with tiny models on CPU (no downloads)"),
     "data": ("data.cli", "BrushData shard tools: build, synth, validate, preview, bench, index"),
 }
 
 
 # Errors that describe bad input (a message is enough, no traceback).
-_USER_ERRORS = {"CheckpointError", "ShardSpecError", "RLEError"}
+_USER_ERRORS = {"CheckpointError", "ShardSpecError", "RLEError", "UsageError"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from typing import Sequence, Type
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["ConfigError", "compose", "to_yaml"]
+__all__ = ["ConfigError", "UsageError", "compose", "to_yaml", "to_public_dict"]
 
 # Config keys whose values must never be written to disk or logs.
 SECRET_KEYS = ("api_key", "token", "password", "secret")
@@ -21,6 +21,10 @@ SECRET_KEYS = ("api_key", "token", "password", "secret")
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says which and why."""
+
+
+class UsageError(ValueError):
+    """Command-line input that cannot be used (a file of the wrong size, ...); the message says why."""
 
 
 def compose(schema: Type, files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
@@ -55,9 +59,8 @@ def _describe(exc: OmegaConfBaseException) -> str:
     return f"key {key!r}: {first}" if key else first
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML with secret-looking values removed."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+def to_public_dict(cfg: DictConfig) -> dict:
+    """The resolved config as plain data, values of secret-looking keys replaced by "<redacted>"."""
 
     def scrub(node):
         if isinstance(node, dict):
@@ -66,4 +69,9 @@ def to_yaml(cfg: DictConfig) -> str:
             return [scrub(v) for v in node]
         return node
 
-    return OmegaConf.to_yaml(OmegaConf.create(scrub(container)))
+    return scrub(OmegaConf.to_container(cfg, resolve=True))
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML with secret-looking values removed."""
+    return OmegaConf.to_yaml(OmegaConf.create(to_public_dict(cfg)))

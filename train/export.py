@@ -14,13 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-from lightning.pytorch.callbacks import Callback
-
-from .brushnet import BrushNetModel
-from .checkpointing import DDP_FILE, EMA_FILE, find_latest
-
-__all__ = ["CheckpointError", "branch_state_dict", "export_branch", "ExportOnEnd", "add_arguments", "run"]
+__all__ = ["CheckpointError", "branch_state_dict", "export_branch", "add_arguments", "run"]
 
 _PREFIX = "brushnet."
 
@@ -30,6 +24,8 @@ class CheckpointError(ValueError):
 
 
 def _step_dir(path: Path) -> Path:
+    from .checkpointing import find_latest
+
     if path.is_dir() and (path / "checkpoints").is_dir():  # a run's output_dir
         latest = find_latest(path / "checkpoints")
         if latest is None:
@@ -40,6 +36,10 @@ def _step_dir(path: Path) -> Path:
 
 def branch_state_dict(checkpoint: str | Path, ema: bool = False) -> tuple[dict, dict]:
     """(branch state dict, branch config) from a checkpoint."""
+    import torch
+
+    from .checkpointing import DDP_FILE, EMA_FILE
+
     path = _step_dir(Path(checkpoint))
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -75,6 +75,8 @@ def branch_state_dict(checkpoint: str | Path, ema: bool = False) -> tuple[dict, 
 
 def export_branch(checkpoint: str | Path, out_dir: str | Path, ema: bool = False) -> Path:
     """Write the branch as a reference-layout folder, atomically; returns the folder."""
+    from .brushnet import BrushNetModel
+
     state, config = branch_state_dict(checkpoint, ema=ema)
     branch = BrushNetModel.from_config(config)
     missing, unexpected = branch.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
@@ -91,26 +93,6 @@ def export_branch(checkpoint: str | Path, out_dir: str | Path, ema: bool = False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-class ExportOnEnd(Callback):
-    """At the end of training, rank 0 exports the final checkpoint to ``<output_dir>/brushnet`` (and ``-ema``)."""
-
-    def __init__(self, checkpoint_callback, output_dir: str | Path, ema: bool = False):
-        self.checkpoint_callback = checkpoint_callback
-        self.output_dir = Path(output_dir)
-        self.ema = ema
-        self.exported: list[Path] = []
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        # Runs after StepCheckpoint.on_train_end (callback order), so the final checkpoint exists.
-        if trainer.is_global_zero:
-            latest = find_latest(self.checkpoint_callback.dirpath)
-            targets = [(self.output_dir / "brushnet", False)] + ([(self.output_dir / "brushnet-ema", True)] if self.ema else [])
-            for out, ema in targets:
-                self.exported.append(export_branch(latest, out, ema=ema))
-                print(f"exported {'EMA ' if ema else ''}branch (reference layout) to {out}", flush=True)
-        trainer.strategy.barrier("brushtrain-export")
 
 
 def add_arguments(parser) -> None:

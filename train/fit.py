@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from .config import ConfigError, compose, to_yaml
+from .config import ConfigError, compose, to_public_dict, to_yaml
 
 __all__ = ["add_arguments", "run", "load_fit_config", "DEFAULT_CONFIG"]
 
@@ -214,30 +214,42 @@ def run(args: argparse.Namespace) -> int:
     return train(cfg, launch)
 
 
-def train(cfg, launch) -> int:
-    import lightning as L
-    import torch
+def _callbacks(cfg, out: Path, module, base, branch, data_cfg) -> list:
+    """Checkpoints, held-out eval, export, metrics, progress and samples, in the order they must run."""
+    from data.shards import shard_specs
 
-    from data.datamodule import BrushDataModule
-
-    from .brushnet import BrushNetModel
-    from .checkpointing import StepCheckpoint, resolve_resume
-    from .components import load_base
+    from .checkpointing import ExportOnEnd, StepCheckpoint
     from .evaluation import DenoisingEval
-    from .export import ExportOnEnd
-    from .module import BrushNetModule
-    from .strategy import build_strategy
+    from .flops import training_flops_per_sample
+    from .metrics import TrainingMetrics
+    from .progress import StepProgress
+    from .samples import SampleGrids
 
-    out = Path(cfg.output_dir)
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-
-    base_path = _tiny_path(cfg) if cfg.model.base.startswith("tiny:") else cfg.model.base
-    base = load_base(base_path, revision=cfg.model.revision) if cfg.model.revision else load_base(base_path)
-    if cfg.model.brushnet:
-        branch = BrushNetModel.from_pretrained(cfg.model.brushnet)
-    else:
-        branch = BrushNetModel.from_unet(base.unet)
     branch_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(branch.config).items()}
+    checkpoint = StepCheckpoint(out / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last, branch_config)
+    callbacks = [checkpoint]  # first: on_train_end saves before eval and export read it
+    eval_shards = shard_specs(cfg.eval.shards) or ([cfg.synth.eval_dir] if cfg.synth.enabled else [])
+    if eval_shards:
+        from omegaconf import OmegaConf
+
+        callbacks.append(DenoisingEval(OmegaConf.merge(cfg.eval, {"shards": eval_shards}), data_cfg, out / "eval.json"))
+    if cfg.checkpoint.export_on_end:
+        callbacks.append(ExportOnEnd(checkpoint, out, ema=cfg.ema.enabled))
+    every = cfg.trainer.log_every_n_steps
+    flops = training_flops_per_sample(base, branch, cfg.data.resolution)["total"]
+    metrics = TrainingMetrics(every, flops_per_sample=flops, peak_override=cfg.metrics.peak_tflops)
+    callbacks += [metrics, StepProgress(cfg.trainer.max_steps, every, bar=cfg.trainer.progress_bar, metrics=metrics)]
+    if cfg.metrics.diagnostics:
+        module.diagnostics_every = every
+    if cfg.samples.enabled:
+        callbacks.append(SampleGrids(cfg.samples, out / "samples", data_cfg=data_cfg))
+    # Metrics time the training step before the other callbacks run, and everything else up to here.
+    return [metrics] + [c for c in callbacks if c is not metrics] + [metrics.end_marker()]
+
+
+def _devices(cfg) -> tuple[str, object, int]:
+    """(accelerator, devices, processes on this node); CPU processes get an equal share of the cores."""
+    import torch
 
     accelerator = cfg.trainer.accelerator
     if accelerator == "auto":
@@ -245,45 +257,42 @@ def train(cfg, launch) -> int:
     devices = cfg.trainer.devices
     n_local = (torch.cuda.device_count() if accelerator == "gpu" else 1) if devices == "auto" else int(devices)
     if accelerator == "cpu":
-        # One share of the cores per local process: oversubscribed OpenMP threads spin and crawl
-        # (`fabric run` sets OMP_NUM_THREADS to all cores in every process).
+        # Oversubscribed OpenMP threads spin and crawl (`fabric run` sets OMP_NUM_THREADS to all cores per process).
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(max(1, cores // max(1, n_local)))
-    strategy = build_strategy(cfg, "cpu" if accelerator == "cpu" else "gpu", n_local * cfg.trainer.num_nodes)
+    return accelerator, devices, n_local
 
+
+def train(cfg, launch) -> int:
+    import lightning as L
+
+    from data.datamodule import BrushDataModule
+
+    from .brushnet import BrushNetModel
+    from .checkpointing import resolve_resume
+    from .components import load_base
+    from .loggers import build_loggers
+    from .module import BrushNetModule
+    from .strategy import build_strategy
+
+    out = Path(cfg.output_dir)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    base_path = _tiny_path(cfg) if cfg.model.base.startswith("tiny:") else cfg.model.base
+    base = load_base(base_path, **({"revision": cfg.model.revision} if cfg.model.revision else {}))
+    branch = BrushNetModel.from_pretrained(cfg.model.brushnet) if cfg.model.brushnet else BrushNetModel.from_unet(base.unet)
+
+    accelerator, devices, n_local = _devices(cfg)
+    strategy = build_strategy(cfg, "cpu" if accelerator == "cpu" else "gpu", n_local * cfg.trainer.num_nodes)
     module = BrushNetModule(base, branch, cfg.model, cfg.optim, cfg.ema, max_steps=cfg.trainer.max_steps,
                             seed=cfg.trainer.seed, deepspeed_cfg=cfg.deepspeed)
     data_cfg = _data_config(cfg)
-    datamodule = BrushDataModule(data_cfg)
-
-    checkpoint = StepCheckpoint(out / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last, branch_config)
-    callbacks = [checkpoint]
-    from data.shards import shard_specs
-
-    if shard_specs(cfg.eval.shards) or cfg.synth.enabled:
-        eval_cfg = cfg.eval
-        if not shard_specs(eval_cfg.shards):
-            from omegaconf import OmegaConf
-
-            eval_cfg = OmegaConf.merge(cfg.eval, {"shards": [cfg.synth.eval_dir]})
-        callbacks.append(DenoisingEval(eval_cfg, data_cfg, out / "eval.json"))
-    if cfg.checkpoint.export_on_end:
-        callbacks.append(ExportOnEnd(checkpoint, out, ema=cfg.ema.enabled))
-
-    from .loggers import build_logger
-
-    logger = build_logger(cfg, out)
-    progress = cfg.trainer.progress_bar
-    if progress is None:
-        import sys
-
-        progress = sys.stderr.isatty()
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=cfg.trainer.num_nodes, strategy=strategy,
         precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps, max_epochs=-1,
-        logger=logger, callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress,
-        enable_model_summary=False, log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=out,
-        num_sanity_val_steps=0, limit_val_batches=0,
+        logger=build_loggers(cfg, out, to_public_dict(cfg), launch.is_rank_zero) or False,
+        callbacks=_callbacks(cfg, out, module, base, branch, data_cfg), enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=cfg.trainer.log_every_n_steps,
+        default_root_dir=out, num_sanity_val_steps=0, limit_val_batches=0,
     )
     resume = resolve_resume(cfg.resume, out)
     done = _finished_step(resume)
@@ -298,5 +307,6 @@ def train(cfg, launch) -> int:
         where = f"resuming from {resume}" if resume else "starting fresh"
         print(f"brushtrain fit: {where}; output in {out} ({launch.launcher} launch, {trainer.world_size} process(es))",
               flush=True)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
+    trainer.fit(module, datamodule=BrushDataModule(data_cfg), ckpt_path=str(resume) if resume else None,
+                weights_only=True)
     return 0

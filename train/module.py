@@ -25,6 +25,7 @@ from data.batch import model_inputs
 
 from .brushnet import BrushNetModel, make_conditioning, vae_encode
 from .components import BaseModel, encode_prompts
+from .diagnostics import ParamChange, grad_norms
 from .ema import BranchEMA
 from .injection import brushnet_unet_forward
 from .losses import min_snr_weights, per_sample_mse, region_mse, training_target
@@ -61,6 +62,9 @@ class BrushNetModule(L.LightningModule):
         self.brushnet.train()
         self.ema: BranchEMA | None = None
         self._ema_state: dict | None = None
+        self.diagnostics_every = 0  # > 0: gradient norms / weight change per block group every N steps
+        self.param_change: ParamChange | None = None
+        self.diagnostics: dict = {}
         self.skipped_steps = 0
         self.nonfinite_in_a_row = 0
 
@@ -77,6 +81,10 @@ class BrushNetModule(L.LightningModule):
         if self.ema is not None and self._ema_state is not None:
             self.ema.load_state_dict(self._ema_state)
             self._ema_state = None
+        if self.diagnostics_every and self.param_change is None:
+            # Change is measured from where this run starts (after a resume: from the checkpoint).
+            self.param_change = ParamChange(keep=self.global_rank == 0)
+            self.param_change.snapshot(self.brushnet, deepspeed=self.uses_deepspeed)
 
     def configure_optimizers(self):
         return build_optimizer(self.brushnet.parameters(), self.optim_cfg, self.deepspeed_cfg,
@@ -193,7 +201,12 @@ class BrushNetModule(L.LightningModule):
             self._skip("non-finite loss")
             return None
         self.manual_backward(loss)
+        report = self.diagnostics_every and (step + 1) % self.diagnostics_every == 0
+        if report:
+            self.diagnostics = grad_norms(self.brushnet, deepspeed=self.uses_deepspeed)
         applied, grad_norm = self._step_optimizer(opt)
+        if report and self.param_change is not None:
+            self.diagnostics.update(self.param_change.measure(self.brushnet, deepspeed=self.uses_deepspeed))
         if not applied:
             self._skip("non-finite gradient")
         else:

@@ -15,7 +15,7 @@ from data.brushdata import DataConfig
 
 __all__ = [
     "ModelConfig", "OptimConfig", "EMAConfig", "DeepSpeedConfig", "TrainerConfig", "CheckpointConfig",
-    "EvalConfig", "SynthConfig", "LoggingConfig", "FitConfig",
+    "EvalConfig", "SynthConfig", "MetricsConfig", "SamplesConfig", "LoggingConfig", "FitConfig",
 ]
 
 
@@ -112,8 +112,31 @@ class SynthConfig:
 
 
 @dataclass
+class MetricsConfig:
+    peak_tflops: Optional[float] = None  # device peak for MFU; default: known GPUs (H100/H200 989 dense bf16)
+    diagnostics: bool = True  # gradient norm and weight change per block group at each log step
+    # (weight change keeps a CPU copy of the branch on rank 0: 2.5 GB for SD1.5)
+
+
+@dataclass
+class SamplesConfig:
+    """Inpainting samples logged during training (see train/samples.py)."""
+
+    enabled: bool = True
+    every_n_steps: int = 1000  # and at the start of every run
+    source: str = "train"  # train (first training batch) | shards | folder
+    shards: Any = field(default_factory=list)  # source=shards: held-out shards
+    folder: Optional[str] = None  # source=folder: STEM.jpg + STEM_mask.png (white = paint) + STEM.txt
+    count: int = 4
+    steps: int = 25
+    guidance_scale: float = 7.5
+    scheduler: str = "unipc"
+    seed: int = 0
+
+
+@dataclass
 class LoggingConfig:
-    logger: str = "csv"  # csv | tensorboard | wandb | none
+    logger: str = "wandb"  # wandb (offline unless logged in) | csv | tensorboard | none
     project: str = "brushtrain"
     entity: Optional[str] = None
     name: Optional[str] = None
@@ -135,4 +158,6 @@ class FitConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

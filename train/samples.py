@@ -1,0 +1,188 @@
+"""Inpainting samples during training: a fixed validation set, fixed seeds, the branch on and off.
+
+Every ``samples.every_n_steps`` (and when training starts, so the untrained
+baseline is on record) the current branch inpaints the validation items
+through :class:`train.pipeline.BrushNetInpaintPipeline`. Each row of the grid is
+masked input | mask | result | original | result with the branch off
+(``conditioning_scale=0``, same seed), captioned with the prompt. Rows go to
+the loggers as images (W&B: one captioned image per item) and the grid to
+``<output_dir>/samples/step-NNNNNNNN.png``.
+
+Distributed: the branch is a plain module under DDP and ZeRO-2, so rank 0
+samples alone and the other ranks carry on; under ZeRO-3 its weights are
+partitioned, so every rank runs the same sampling calls (the gathers inside
+are collective) and rank 0 keeps the pictures. Nobody waits on a collective
+that another rank never enters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from PIL import Image
+
+__all__ = ["ValItem", "SampleGrids", "items_from_batch", "items_from_folder", "grid_rows", "caption_strip"]
+
+
+@dataclass
+class ValItem:
+    image: np.ndarray  # HxWx3 uint8
+    mask: np.ndarray  # HxW uint8, 255 = paint
+    prompt: str
+
+
+def items_from_batch(batch: dict, count: int, include_pads: bool = False) -> list[ValItem]:
+    items = []
+    for i in range(len(batch["key"])):
+        if float(batch["weight"][i]) == 0 and not include_pads:
+            continue
+        image = batch["image"][i].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+        hole = (1 - batch["keep_mask"][i, 0].cpu().numpy()).astype(np.uint8) * 255
+        items.append(ValItem(np.ascontiguousarray(image), hole, batch["caption"][i] or ""))
+        if len(items) == count:
+            break
+    return items
+
+
+def items_from_folder(folder: str | Path, count: int, resolution: int) -> list[ValItem]:
+    """``STEM.jpg|png`` images with ``STEM_mask.png`` masks (white = paint) and ``STEM.txt`` prompts."""
+    folder = Path(folder)
+    items = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+        if path.stem.endswith("_mask"):
+            continue
+        mask_path = folder / f"{path.stem}_mask.png"
+        if not mask_path.is_file():
+            raise FileNotFoundError(f"validation image {path} has no mask {mask_path.name}")
+        image = Image.open(path).convert("RGB").resize((resolution, resolution), Image.BICUBIC)
+        mask = Image.open(mask_path).convert("L").resize((resolution, resolution), Image.NEAREST)
+        prompt_path = folder / f"{path.stem}.txt"
+        prompt = prompt_path.read_text().strip() if prompt_path.is_file() else ""
+        items.append(ValItem(np.asarray(image), np.asarray(mask), prompt))
+        if len(items) == count:
+            break
+    if not items:
+        raise FileNotFoundError(f"no validation images in {folder}")
+    return items
+
+
+def caption_strip(text: str, width: int, height: int = 22) -> np.ndarray:
+    import cv2
+
+    strip = np.full((height, width, 3), 255, np.uint8)
+    max_chars = max(8, width // 7)
+    text = text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+    cv2.putText(strip, text or "(empty prompt)", (4, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def grid_rows(items: list[ValItem], results: np.ndarray, branch_off: np.ndarray) -> list[np.ndarray]:
+    """One row per item: masked input | mask | result | original | branch off, over its prompt."""
+    rows = []
+    for item, result, off in zip(items, results, branch_off):
+        hole = item.mask > 127
+        masked = item.image.copy()
+        masked[hole] = 0
+        mask_rgb = np.repeat(np.where(hole, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+        panel = np.concatenate([masked, mask_rgb, result, item.image, off], axis=1)
+        rows.append(np.concatenate([panel, caption_strip(item.prompt, panel.shape[1])], axis=0))
+    return rows
+
+
+class SampleGrids(Callback):
+    def __init__(self, cfg, out_dir: str | Path, items: list[ValItem] | None = None, data_cfg=None):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.items = items  # None: taken from the first training batch (or the shards, see setup)
+        self.data_cfg = data_cfg
+        self.saved: list[Path] = []
+        self._last_step = -1
+
+    # ---------------------------------------------------------- the items
+
+    def setup(self, trainer, pl_module, stage=None) -> None:
+        if self.items is not None:
+            return
+        source = self.cfg.source
+        if source == "folder":
+            self.items = items_from_folder(self.cfg.folder, self.cfg.count, self.data_cfg.resolution)
+        elif source == "shards":
+            from data.shards import shard_specs
+
+            from .evaluation import heldout_batches
+
+            batches = heldout_batches(self.data_cfg, shard_specs(self.cfg.shards), self.cfg.count)
+            self.items = [it for b in batches for it in items_from_batch(b, self.cfg.count)][: self.cfg.count]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.items is None:  # source "train": the first batch this process sees
+            # Under ZeRO-3 every rank samples the same number of items (pads included if need be).
+            zero3 = self._zero3(trainer, pl_module)
+            self.items = items_from_batch(batch, self.cfg.count, include_pads=zero3)
+            self._maybe_sample(trainer, pl_module, force=True)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.items is not None:
+            self._maybe_sample(trainer, pl_module, force=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._maybe_sample(trainer, pl_module)
+
+    # ----------------------------------------------------------- sampling
+
+    def _maybe_sample(self, trainer, pl_module, force: bool = False) -> None:
+        step = trainer.global_step
+        due = force or (self.cfg.every_n_steps and step % self.cfg.every_n_steps == 0)
+        if not due or step == self._last_step or not self.items:
+            return
+        self._last_step = step
+        if trainer.is_global_zero or self._zero3(trainer, pl_module):
+            self.sample(trainer, pl_module, step, keep=trainer.is_global_zero)
+
+    @staticmethod
+    def _zero3(trainer, pl_module) -> bool:
+        return bool(pl_module.uses_deepspeed and trainer.strategy.zero_stage_3)
+
+    @torch.no_grad()
+    def generate(self, pl_module, items: list[ValItem], scale: float) -> np.ndarray:
+        from .pipeline import BrushNetInpaintPipeline
+
+        pipe = BrushNetInpaintPipeline(pl_module.base, pl_module.brushnet, scheduler=self.cfg.scheduler)
+        autocast = pl_module._autocast() if pl_module._trainer is not None else contextlib.nullcontext()
+        if isinstance(autocast, contextlib.nullcontext) and pl_module.frozen_dtype != torch.float32:
+            autocast = torch.autocast(pl_module.device.type, dtype=pl_module.frozen_dtype)
+        out = []
+        for i, item in enumerate(items):  # one seed per item, the same for every call
+            generator = torch.Generator(device=pl_module.device).manual_seed(self.cfg.seed + i)
+            with autocast:
+                out.append(pipe(item.image, item.mask, item.prompt, num_inference_steps=self.cfg.steps,
+                                guidance_scale=self.cfg.guidance_scale, conditioning_scale=scale,
+                                generator=generator, output_type="np")[0])
+        return np.stack(out)
+
+    def sample(self, trainer, pl_module, step: int, keep: bool = True) -> Path | None:
+        was_training = pl_module.brushnet.training
+        pl_module.brushnet.eval()
+        try:
+            results = self.generate(pl_module, self.items, pl_module.model_cfg.conditioning_scale)
+            branch_off = self.generate(pl_module, self.items, 0.0)
+        finally:
+            pl_module.brushnet.train(was_training)
+        if not keep:
+            return None
+        rows = grid_rows(self.items, results, branch_off)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"step-{step:08d}.png"
+        Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+        self.saved.append(path)
+        captions = [f"{item.prompt} | masked input, mask, result, original, branch off" for item in self.items]
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="samples", images=[Image.fromarray(r) for r in rows], caption=captions, step=step)
+        print(f"step {step}: inpainting samples in {path}", flush=True)
+        return path

@@ -41,3 +41,12 @@ def test_demo_rejects_bad_config(tmp_path, capsys):
     assert "steps" in capsys.readouterr().err
     assert main(["demo", "-c", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_a_later_config_option(tmp_path, capsys, monkeypatch):
+    import train.fit as fit_module
+
+    seen = {}
+    monkeypatch.setattr(fit_module, "run", lambda args: seen.update(config=args.config, overrides=args.overrides))
+    assert main(["fit", "-c", "a.yaml", "resume=auto", "-c", "b.yaml", "x=1"]) == 0
+    assert seen == {"config": ["a.yaml", "b.yaml"], "overrides": ["resume=auto", "x=1"]}

@@ -164,6 +164,8 @@ class ExportOnEnd(Callback):
         # Runs after StepCheckpoint.on_train_end (callback order), so the final checkpoint exists.
         from .export import export_branch
 
+        if getattr(pl_module, "preempted", False):
+            return  # the requeued job exports when it finishes
         if trainer.is_global_zero:
             latest = find_latest(self.checkpoint_callback.dirpath)
             targets = [(self.output_dir / "brushnet", False)] + ([(self.output_dir / "brushnet-ema", True)] if self.ema else [])

@@ -86,5 +86,5 @@ class DenoisingEval(Callback):
             self.evaluate(trainer, pl_module, "during")
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.cfg.at_end:
+        if self.cfg.at_end and not getattr(pl_module, "preempted", False):
             self.evaluate(trainer, pl_module, "end")

@@ -227,7 +227,10 @@ def _callbacks(cfg, out: Path, module, base, branch, data_cfg) -> list:
 
     branch_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(branch.config).items()}
     checkpoint = StepCheckpoint(out / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last, branch_config)
-    callbacks = [checkpoint]  # first: on_train_end saves before eval and export read it
+    from .preemption import PreemptionHandler
+
+    # Checkpoint first (on_train_end saves before eval and export read it), then the preemption check.
+    callbacks = [checkpoint, PreemptionHandler(checkpoint, requeue=cfg.trainer.requeue_on_signal)]
     eval_shards = shard_specs(cfg.eval.shards) or ([cfg.synth.eval_dir] if cfg.synth.enabled else [])
     if eval_shards:
         from omegaconf import OmegaConf
@@ -257,9 +260,14 @@ def _devices(cfg) -> tuple[str, object, int]:
     devices = cfg.trainer.devices
     n_local = (torch.cuda.device_count() if accelerator == "gpu" else 1) if devices == "auto" else int(devices)
     if accelerator == "cpu":
-        # Oversubscribed OpenMP threads spin and crawl (`fabric run` sets OMP_NUM_THREADS to all cores per process).
+        # Oversubscribed OpenMP threads spin and crawl: at most an equal share of the cores per local
+        # process (`fabric run` sets OMP_NUM_THREADS to all cores in every process), and no more than
+        # OMP_NUM_THREADS when that is set (slurm/env.sh sets it to the task's CPUs).
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // max(1, n_local)))
+        threads = max(1, cores // max(1, n_local))
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
+        torch.set_num_threads(threads)
     return accelerator, devices, n_local
 
 
@@ -285,14 +293,21 @@ def train(cfg, launch) -> int:
     strategy = build_strategy(cfg, "cpu" if accelerator == "cpu" else "gpu", n_local * cfg.trainer.num_nodes)
     module = BrushNetModule(base, branch, cfg.model, cfg.optim, cfg.ema, max_steps=cfg.trainer.max_steps,
                             seed=cfg.trainer.seed, deepspeed_cfg=cfg.deepspeed)
+    if cfg.debug.record_keys:
+        module.record_keys_to = str(out / "consumed")
     data_cfg = _data_config(cfg)
+    plugins = []
+    if launch.launcher == "slurm":
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        plugins.append(SLURMEnvironment(auto_requeue=False))  # our handler saves collectively, then requeues
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=cfg.trainer.num_nodes, strategy=strategy,
         precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps, max_epochs=-1,
         logger=build_loggers(cfg, out, to_public_dict(cfg), launch.is_rank_zero) or False,
         callbacks=_callbacks(cfg, out, module, base, branch, data_cfg), enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=cfg.trainer.log_every_n_steps,
-        default_root_dir=out, num_sanity_val_steps=0, limit_val_batches=0,
+        default_root_dir=out, num_sanity_val_steps=0, limit_val_batches=0, plugins=plugins or None,
     )
     resume = resolve_resume(cfg.resume, out)
     done = _finished_step(resume)
@@ -309,4 +324,7 @@ def train(cfg, launch) -> int:
               flush=True)
     trainer.fit(module, datamodule=BrushDataModule(data_cfg), ckpt_path=str(resume) if resume else None,
                 weights_only=True)
+    if trainer.is_global_zero:
+        state = "stopped on a signal" if module.preempted else "finished"
+        print(f"brushtrain fit: {state} at step {trainer.global_step}", flush=True)
     return 0

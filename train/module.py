@@ -67,6 +67,8 @@ class BrushNetModule(L.LightningModule):
         self.diagnostics: dict = {}
         self.skipped_steps = 0
         self.nonfinite_in_a_row = 0
+        self.preempted = False  # set by the preemption handler: no eval/export at the end
+        self.record_keys_to: str | None = None  # debug: a folder for the keys of every trained sample
 
     # ------------------------------------------------------------ set-up
 
@@ -200,6 +202,8 @@ class BrushNetModule(L.LightningModule):
             opt.zero_grad(set_to_none=True)
             self._skip("non-finite loss")
             return None
+        if self.record_keys_to:
+            self._record_keys(batch, step)
         self.manual_backward(loss)
         report = self.diagnostics_every and (step + 1) % self.diagnostics_every == 0
         if report:
@@ -219,6 +223,15 @@ class BrushNetModule(L.LightningModule):
             self.log("train/grad_norm", grad_norm)
         self.log("train/skipped_steps", float(self.skipped_steps))
         return loss.detach()
+
+    def _record_keys(self, batch: dict, step: int) -> None:
+        import os
+
+        os.makedirs(self.record_keys_to, exist_ok=True)
+        with open(os.path.join(self.record_keys_to, f"rank{self.global_rank}.txt"), "a") as f:
+            for key, weight in zip(batch["key"], batch["weight"]):
+                if float(weight) > 0:
+                    f.write(f"{step} {key}\n")
 
     # ----------------------------------------------------------- evaluation
 

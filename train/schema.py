@@ -15,7 +15,7 @@ from data.brushdata import DataConfig
 
 __all__ = [
     "ModelConfig", "OptimConfig", "EMAConfig", "DeepSpeedConfig", "TrainerConfig", "CheckpointConfig",
-    "EvalConfig", "SynthConfig", "MetricsConfig", "SamplesConfig", "LoggingConfig", "FitConfig",
+    "EvalConfig", "SynthConfig", "MetricsConfig", "SamplesConfig", "LoggingConfig", "DebugConfig", "FitConfig",
 ]
 
 
@@ -75,6 +75,7 @@ class TrainerConfig:
     seed: int = 0
     log_every_n_steps: int = 10
     progress_bar: Optional[bool] = None  # None: a bar on a terminal, log lines otherwise
+    requeue_on_signal: bool = True  # SIGUSR1 (SLURM's time-limit warning): save, then `scontrol requeue`
 
 
 @dataclass
@@ -146,6 +147,11 @@ class LoggingConfig:
 
 
 @dataclass
+class DebugConfig:
+    record_keys: bool = False  # append "step key" of every trained sample to <output_dir>/consumed/rank<R>.txt
+
+
+@dataclass
 class FitConfig:
     output_dir: str = "runs/brushnet"
     resume: Optional[str] = None  # a checkpoint (step folder, .ckpt, DeepSpeed folder) or "auto" (latest in output_dir)
@@ -161,3 +167,4 @@ class FitConfig:
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
@@ -160,3 +163,59 @@ def test_only_the_branch_is_a_submodule_and_checkpointed(tiny_sd15):
 def test_launch_detection(env, launcher, rank, overrides):
     info = detect_launch(env)
     assert (info.launcher, info.rank, info.trainer_overrides) == (launcher, rank, overrides)
+
+
+def _fake_trainer_for_checkpoints(step, write):
+    strategy = SimpleNamespace(broadcast=lambda x: x, barrier=lambda name=None: None)
+    return SimpleNamespace(global_step=step, current_epoch=0, world_size=1, is_global_zero=True, strategy=strategy,
+                           save_checkpoint=write)
+
+
+def test_a_checkpoint_appears_only_when_complete(tmp_path):
+    import json as _json
+
+    from train.checkpointing import StepCheckpoint, find_latest, resolve_resume
+
+    cb = StepCheckpoint(tmp_path / "checkpoints", every_n_steps=10, keep_last=2, branch_config={"a": 1})
+
+    def good(path, weights_only=False):
+        Path(path).write_bytes(b"weights")
+
+    cb.save(_fake_trainer_for_checkpoints(10, good))
+    first = find_latest(tmp_path / "checkpoints")
+    assert first.name == "step-00000010" and _json.loads((first / "meta.json").read_text())["step"] == 10
+
+    def dies_half_way(path, weights_only=False):  # a kill (or a second signal's exit) while writing
+        Path(path).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cb.save(_fake_trainer_for_checkpoints(20, dies_half_way))
+    assert find_latest(tmp_path / "checkpoints") == first, "the half-written one is not a checkpoint"
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000010"
+    assert (first / "model.ckpt").read_bytes() == b"weights"
+    assert resolve_resume("auto", tmp_path) == first / "model.ckpt"
+    cb.save(_fake_trainer_for_checkpoints(30, good))  # the next save clears the debris, keeps the last 2
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["latest", "step-00000010", "step-00000030"]
+
+
+def test_preemption_handler_only_sets_a_flag_and_saves_once(tmp_path):
+    import signal as _signal
+
+    from train.preemption import PreemptionHandler
+
+    saves = []
+    checkpoint = SimpleNamespace(last_saved_step=None, save=lambda trainer, module: saves.append(trainer.global_step))
+    handler = PreemptionHandler(checkpoint, requeue=False)
+    trainer = SimpleNamespace(world_size=1, global_step=7, is_global_zero=True, should_stop=False)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    handler.on_train_start(trainer, module)
+    try:
+        _signal.raise_signal(_signal.SIGUSR1)
+        _signal.raise_signal(_signal.SIGUSR1)  # a second signal: still just the flag
+        assert saves == [] and handler.received == 2
+        handler.on_train_batch_end(trainer, module, None, None, 0)
+    finally:
+        handler.on_train_end(trainer, module)
+    assert saves == [7] and trainer.should_stop and module.preempted

@@ -35,20 +35,10 @@ def build(arch: str, device: torch.device):
 
 
 def inputs(unet, batch: int, resolution: int, device: torch.device):
-    cfg = unet.config
-    size = resolution // 8
-    x = dict(
-        sample=torch.randn(batch, 4, size, size, device=device),
-        timestep=torch.randint(0, 1000, (batch,), device=device),
-        encoder_hidden_states=torch.randn(batch, 77, cfg.cross_attention_dim, device=device),
-        brushnet_cond=torch.randn(batch, 5, size, size, device=device),
-    )
-    if cfg.addition_embed_type == "text_time":
-        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        x["added_cond_kwargs"] = {
-            "text_embeds": torch.randn(batch, pooled, device=device),
-            "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device, dtype=torch.float32),
-        }
+    from train.tiny import random_unet_inputs
+
+    x = random_unet_inputs(unet, batch, resolution // 8, device=device)
+    x["timestep"] = torch.randint(0, 1000, (batch,), device=device)
     return x
 
 

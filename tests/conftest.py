@@ -40,22 +40,10 @@ def tiny_sdxl(_tiny_bases):
 
 
 def unet_inputs(unet, batch: int = 2, size: int = 8, seed: int = 0) -> dict:
-    """Random UNet/branch inputs matching a UNet config (SDXL: text_time kwargs)."""
-    g = torch.Generator().manual_seed(seed)
-    cfg = unet.config
-    inputs = dict(
-        sample=torch.randn(batch, cfg.in_channels, size, size, generator=g),
-        timestep=torch.tensor(417),
-        encoder_hidden_states=torch.randn(batch, 7, cfg.cross_attention_dim, generator=g),
-        brushnet_cond=torch.randn(batch, 5, size, size, generator=g),
-    )
-    if cfg.addition_embed_type == "text_time":
-        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        inputs["added_cond_kwargs"] = {
-            "text_embeds": torch.randn(batch, pooled, generator=g),
-            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * batch),
-        }
-    return inputs
+    """Random UNet/branch inputs matching a UNet config (SDXL: text_time kwargs), seeded."""
+    from train.tiny import random_unet_inputs
+
+    return random_unet_inputs(unet, batch, size, generator=torch.Generator().manual_seed(seed))
 
 
 def stock_output(unet, inputs: dict) -> torch.Tensor:

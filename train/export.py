@@ -9,9 +9,6 @@ on a run folder (its latest checkpoint). ``--ema`` exports the EMA weights.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 __all__ = ["CheckpointError", "branch_state_dict", "export_branch", "add_arguments", "run"]
@@ -82,17 +79,11 @@ def export_branch(checkpoint: str | Path, out_dir: str | Path, ema: bool = False
     missing, unexpected = branch.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint does not match its branch config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    from data.writer import atomic_directory
+
+    with atomic_directory(out_dir) as tmp:
         branch.save_pretrained(tmp, safe_serialization=True)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out_dir)
 
 
 def add_arguments(parser) -> None:

@@ -51,6 +51,11 @@ def load_fit_config(files, overrides, launch=None):
     return cfg, launch
 
 
+def _local_or_hub_id(value: str) -> bool:
+    """An existing local path, or something shaped like a hub id (org/name) to download."""
+    return Path(value).expanduser().exists() or (value.count("/") == 1 and not value.startswith((".", "/", "~")))
+
+
 def _check(cfg) -> None:
     """Everything that can be checked before any work starts; one message for all problems."""
     problems = []
@@ -60,16 +65,12 @@ def _check(cfg) -> None:
     elif base.startswith("tiny:"):
         if base[5:] not in ("sd15", "sdxl"):
             problems.append(f"model.base {base!r}: tiny models are tiny:sd15 or tiny:sdxl")
-    else:
-        local = Path(base).expanduser()
-        looks_like_hub_id = base.count("/") == 1 and not base.startswith((".", "/", "~"))
-        if local.exists() and not (local / "unet").is_dir():
-            problems.append(f"model.base {base!r} is not a diffusers model folder (no unet/ inside)")
-        elif not local.exists() and not looks_like_hub_id:
-            problems.append(f"model.base {base!r} does not exist (and is not a hub id like org/name)")
-    branch = cfg.model.brushnet
-    if branch and not Path(branch).expanduser().exists() and not (branch.count("/") == 1 and not branch.startswith((".", "/", "~"))):
-        problems.append(f"model.brushnet {branch!r} does not exist (and is not a hub id like org/name)")
+    elif not _local_or_hub_id(base):
+        problems.append(f"model.base {base!r} does not exist (and is not a hub id like org/name)")
+    elif Path(base).expanduser().exists() and not (Path(base).expanduser() / "unet").is_dir():
+        problems.append(f"model.base {base!r} is not a diffusers model folder (no unet/ inside)")
+    if cfg.model.brushnet and not _local_or_hub_id(cfg.model.brushnet):
+        problems.append(f"model.brushnet {cfg.model.brushnet!r} does not exist (and is not a hub id like org/name)")
     if cfg.model.frozen_dtype not in ("bf16", "fp16", "fp32"):
         problems.append(f"model.frozen_dtype must be bf16, fp16 or fp32, got {cfg.model.frozen_dtype!r}")
     if cfg.model.prediction_type not in (None, "epsilon", "v_prediction"):
@@ -143,17 +144,12 @@ def _prepare_files(cfg, launch) -> None:
 
 
 def _synth_atomic(write, folder: Path, n, per_shard, seed, min_size, max_size) -> None:
-    import shutil
+    from data.writer import atomic_directory
 
     if folder.exists() and any(folder.glob("*.tar")):
         return
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp, n, per_shard, seed, min_size, max_size)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    if folder.exists():
-        folder.rmdir()
-    os.replace(tmp, folder)
+    with atomic_directory(folder) as tmp:
+        write(tmp, n, per_shard, seed, min_size, max_size)
     print(f"wrote {n} synthetic records to {folder}", flush=True)
 
 

@@ -9,17 +9,14 @@ a CLIP BPE tokenizer over a small character vocabulary written here.
 
 from __future__ import annotations
 
-import os
-import shutil
 import string
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .components import BaseModel
 
-__all__ = ["TINY_CONFIGS", "tiny_tokenizer", "build_tiny_base", "write_tiny_base"]
+__all__ = ["TINY_CONFIGS", "tiny_tokenizer", "build_tiny_base", "write_tiny_base", "random_unet_inputs"]
 
 _SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -120,13 +117,32 @@ def write_tiny_base(path: str | Path, kind: str = "sd15", seed: int = 0) -> Path
         return path
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} exists and is not a model folder (no model_index.json)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    from data.writer import atomic_directory
+
+    with atomic_directory(path) as tmp:  # a folder with model_index.json is always complete
         build_tiny_base(kind, seed).save_pretrained(tmp)
-        if path.exists():
-            path.rmdir()
-        os.replace(tmp, path)  # atomic: a folder with model_index.json is always complete
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def random_unet_inputs(unet, batch: int = 2, size: int = 8, generator: torch.Generator | None = None,
+                       device: torch.device | str | None = None) -> dict:
+    """Random ``brushnet_unet_forward`` inputs matching a UNet config (SDXL: the text_time kwargs)."""
+    cfg = unet.config
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(device)
+
+    inputs = dict(
+        sample=randn(batch, cfg.in_channels, size, size),
+        timestep=torch.tensor(417, device=device),
+        encoder_hidden_states=randn(batch, 7, cfg.cross_attention_dim),
+        brushnet_cond=randn(batch, 5, size, size),
+    )
+    if cfg.addition_embed_type == "text_time":
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": randn(batch, pooled),
+            "time_ids": torch.tensor([[float(size * 8), float(size * 8), 0.0, 0.0, float(size * 8), float(size * 8)]] * batch,
+                                     device=device),
+        }
+    return inputs

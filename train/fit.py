@@ -62,9 +62,9 @@ def _check(cfg) -> None:
     base = cfg.model.base
     if not base:
         problems.append("model.base is empty (a diffusers folder, a hub id, or tiny:sd15 / tiny:sdxl)")
-    elif base.startswith("tiny:"):
-        if base[5:] not in ("sd15", "sdxl"):
-            problems.append(f"model.base {base!r}: tiny models are tiny:sd15 or tiny:sdxl")
+    elif _generated(base):
+        if base.split(":", 1)[1] not in ("sd15", "sdxl"):
+            problems.append(f"model.base {base!r}: generated bases are tiny:sd15, tiny:sdxl, random:sd15, random:sdxl")
     elif not _local_or_hub_id(base):
         problems.append(f"model.base {base!r} does not exist (and is not a hub id like org/name)")
     elif Path(base).expanduser().exists() and not (Path(base).expanduser() / "unet").is_dir():
@@ -118,10 +118,10 @@ def _wait_for(path: Path, what: str, timeout: float = 1800) -> None:
 
 
 def _prepare_files(cfg, launch) -> None:
-    """Rank 0 writes synthetic shards / tiny models if asked and missing; the others wait for them."""
+    """Rank 0 writes synthetic shards / generated models if asked and missing; the others wait for them."""
     from data.synth import write_synthetic_shards
 
-    from .tiny import write_tiny_base
+    from .tiny import write_generated_base
 
     jobs = []
     if cfg.synth.enabled:
@@ -130,10 +130,9 @@ def _prepare_files(cfg, launch) -> None:
             if n > 0:
                 jobs.append((Path(folder), lambda folder=folder, n=n, seed=seed: _synth_atomic(
                     write_synthetic_shards, Path(folder), n, s.per_shard, seed, s.min_size, s.max_size)))
-    if cfg.model.base.startswith("tiny:"):
-        kind = cfg.model.base[5:]
-        path = _tiny_path(cfg)
-        jobs.append((path / "model_index.json", lambda: write_tiny_base(path, kind=kind, seed=cfg.trainer.seed)))
+    if _generated(cfg.model.base):
+        path = _generated_path(cfg)
+        jobs.append((path / "model_index.json", lambda: write_generated_base(path, cfg.model.base, seed=cfg.trainer.seed)))
     for marker, job in jobs:
         if marker.exists():
             continue
@@ -163,8 +162,13 @@ def _finished_step(checkpoint: Path | None) -> int | None:
     return int(json.loads(meta.read_text())["step"]) if meta.is_file() else None
 
 
-def _tiny_path(cfg) -> Path:
-    return Path(cfg.output_dir) / f"base-tiny-{cfg.model.base[5:]}"
+def _generated(base: str) -> bool:
+    return base.startswith(("tiny:", "random:"))
+
+
+def _generated_path(cfg) -> Path:
+    """Where tiny:<kind> / random:<kind> bases are written: <output_dir>/base-<tiny|random>-<kind>."""
+    return Path(cfg.output_dir) / f"base-{cfg.model.base.replace(':', '-')}"
 
 
 def _data_config(cfg):
@@ -281,7 +285,7 @@ def train(cfg, launch) -> int:
 
     out = Path(cfg.output_dir)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    base_path = _tiny_path(cfg) if cfg.model.base.startswith("tiny:") else cfg.model.base
+    base_path = _generated_path(cfg) if _generated(cfg.model.base) else cfg.model.base
     base = load_base(base_path, **({"revision": cfg.model.revision} if cfg.model.revision else {}))
     branch = BrushNetModel.from_pretrained(cfg.model.brushnet) if cfg.model.brushnet else BrushNetModel.from_unet(base.unet)
 

@@ -21,8 +21,9 @@ __all__ = [
 
 @dataclass
 class ModelConfig:
-    # A diffusers model folder or hub id (SD1.5 or SDXL layout), or "tiny:sd15" / "tiny:sdxl":
-    # tiny random-weight models written to <output_dir>/base-tiny-<kind> (tests, CPU demo).
+    # A diffusers model folder or hub id (SD1.5 or SDXL layout), or a generated one written to
+    # <output_dir>/base-<spec>: "tiny:sd15" / "tiny:sdxl" (tiny random models: tests, the CPU job) or
+    # "random:sd15" / "random:sdxl" (full-size architectures, random weights: GPU throughput runs).
     base: str = "???"
     revision: Optional[str] = None  # hub revision of `base`
     brushnet: Optional[str] = None  # start from this branch folder (ours or a reference release); else from_unet

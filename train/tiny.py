@@ -16,7 +16,10 @@ import torch
 
 from .components import BaseModel
 
-__all__ = ["TINY_CONFIGS", "tiny_tokenizer", "build_tiny_base", "write_tiny_base", "random_unet_inputs"]
+__all__ = ["TINY_CONFIGS", "GENERATED", "tiny_tokenizer", "build_tiny_base", "build_random_base", "write_tiny_base",
+           "write_generated_base", "random_unet_inputs"]
+
+ARCHITECTURES = Path(__file__).resolve().parents[1] / "configs" / "architectures"
 
 _SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -110,9 +113,48 @@ def build_tiny_base(kind: str = "sd15", seed: int = 0) -> BaseModel:
     ).freeze()
 
 
+def build_random_base(kind: str = "sd15", seed: int = 0) -> BaseModel:
+    """Full-size SD1.5 / SDXL architecture with random weights (configs/architectures; no downloads).
+
+    For GPU throughput and memory runs without real weights. The tokenizer is the
+    tiny character tokenizer (77 tokens), whose ids are valid for the real vocabulary.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    root = ARCHITECTURES / kind
+    if not (root / "unet").is_dir():
+        raise ValueError(f"unknown architecture {kind!r}; choose from {sorted(p.name for p in ARCHITECTURES.iterdir() if p.is_dir())}")
+    torch.manual_seed(seed)
+    sdxl = (root / "text_encoder_2").is_dir()
+    return BaseModel(
+        unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
+        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
+        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder")),
+        tokenizer=tiny_tokenizer(),
+        scheduler=DDPMScheduler.from_pretrained(root / "scheduler"),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(root / "text_encoder_2")) if sdxl else None,
+        tokenizer_2=tiny_tokenizer() if sdxl else None,
+    ).freeze()
+
+
+GENERATED = {"tiny": build_tiny_base, "random": build_random_base}
+
+
+def write_generated_base(path: str | Path, spec: str, seed: int = 0) -> Path:
+    """Write the model folder for ``tiny:<kind>`` or ``random:<kind>`` unless one is already there."""
+    source, _, kind = spec.partition(":")
+    if source not in GENERATED:
+        raise ValueError(f"{spec!r}: generated bases are {', '.join(f'{k}:<kind>' for k in GENERATED)}")
+    return _write_base(Path(path), lambda: GENERATED[source](kind, seed))
+
+
 def write_tiny_base(path: str | Path, kind: str = "sd15", seed: int = 0) -> Path:
     """Write a tiny model folder (diffusers layout) unless one is already there."""
-    path = Path(path)
+    return _write_base(Path(path), lambda: build_tiny_base(kind, seed))
+
+
+def _write_base(path: Path, build) -> Path:
     if (path / "model_index.json").exists():
         return path
     if path.exists() and any(path.iterdir()):
@@ -120,7 +162,7 @@ def write_tiny_base(path: str | Path, kind: str = "sd15", seed: int = 0) -> Path
     from data.writer import atomic_directory
 
     with atomic_directory(path) as tmp:  # a folder with model_index.json is always complete
-        build_tiny_base(kind, seed).save_pretrained(tmp)
+        build().save_pretrained(tmp)
     return path
 
 

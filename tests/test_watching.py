@@ -177,3 +177,29 @@ def test_flop_model_matches_brushnet_md(arch, resolution, tflop):
     assert round(flops["total"] / 1e12, 1) == tflop
     if arch == "sd15":
         assert round(flops["vae_encode"] / 1e12, 2) == 2.23  # 42 % of the total, as the table says
+
+
+def test_validation_items_from_a_folder_and_from_shards(tmp_path):
+    from data.brushdata import DataConfig
+    from data.synth import write_synthetic_shards
+    from train.evaluation import heldout_batches
+    from train.samples import items_from_batch, items_from_folder
+
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for stem in ("a", "b"):
+        Image.fromarray(np.full((40, 30, 3), 90, np.uint8)).save(folder / f"{stem}.jpg")
+        mask = np.zeros((40, 30), np.uint8)
+        mask[:20] = 255
+        Image.fromarray(mask).save(folder / f"{stem}_mask.png")
+        (folder / f"{stem}.txt").write_text(f"prompt {stem}\n")
+    items = items_from_folder(folder, count=4, resolution=32)
+    assert [i.prompt for i in items] == ["prompt a", "prompt b"]
+    assert items[0].image.shape == (32, 32, 3) and items[0].mask.shape == (32, 32)
+    assert (items[0].mask[:16] == 255).all() and (items[0].mask[16:] == 0).all()
+
+    write_synthetic_shards(tmp_path / "shards", 6, samples_per_shard=6, min_size=40, max_size=48)
+    batches = heldout_batches(DataConfig(shards=[str(tmp_path / "shards")], resolution=32, batch_size=4), [str(tmp_path / "shards")], 3)
+    from_shards = [i for b in batches for i in items_from_batch(b, 3)][:3]
+    assert len(from_shards) == 3 and all(i.image.shape == (32, 32, 3) and i.prompt for i in from_shards)
+    assert all(set(np.unique(i.mask)) <= {0, 255} for i in from_shards)

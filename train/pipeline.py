@@ -6,9 +6,10 @@ branch's ``conditioning_scale``, a seeded generator, a batch of prompts and the
 reference's blurred-mask paste-back (BRUSHNET.md section 6).
 
 User masks follow the usual inpainting convention (white = region to paint);
-the branch wants the opposite (1 = known pixel). :func:`hole_from_user_mask`
-and :func:`keep_from_hole` are the only places this project converts between
-the two.
+the branch wants the opposite (1 = known pixel). :func:`hole_from_user_mask`,
+:func:`keep_from_hole` and :func:`user_mask_from_keep` are the only places this
+project converts between the two (training data is made as keep masks
+directly, see :class:`data.masks.MaskPolicy`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "make_scheduler",
     "hole_from_user_mask",
     "keep_from_hole",
+    "user_mask_from_keep",
     "blend_with_blurred_mask",
 ]
 
@@ -88,6 +90,11 @@ def hole_from_user_mask(mask: ImageLike) -> np.ndarray:
 def keep_from_hole(hole: np.ndarray | torch.Tensor):
     """Hole mask (1 = paint) -> the branch's conditioning mask (1 = known pixel)."""
     return 1 - hole
+
+
+def user_mask_from_keep(keep: np.ndarray) -> np.ndarray:
+    """The branch's conditioning mask (1 = known) -> a user mask image, HxW uint8, 255 = paint."""
+    return ((1 - np.asarray(keep)) * 255).astype(np.uint8)
 
 
 def blend_with_blurred_mask(original: np.ndarray, generated: np.ndarray, hole: np.ndarray, kernel: int = 21) -> np.ndarray:

@@ -41,9 +41,11 @@ def items_from_batch(batch: dict, count: int, include_pads: bool = False) -> lis
     for i in range(len(batch["key"])):
         if float(batch["weight"][i]) == 0 and not include_pads:
             continue
+        from .pipeline import user_mask_from_keep
+
         image = batch["image"][i].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
-        hole = (1 - batch["keep_mask"][i, 0].cpu().numpy()).astype(np.uint8) * 255
-        items.append(ValItem(np.ascontiguousarray(image), hole, batch["caption"][i] or ""))
+        mask = user_mask_from_keep(batch["keep_mask"][i, 0].cpu().numpy())
+        items.append(ValItem(np.ascontiguousarray(image), mask, batch["caption"][i] or ""))
         if len(items) == count:
             break
     return items

@@ -10,15 +10,16 @@ from PIL import Image
 
 from .brushdata import BrushDataLoader, DataConfig
 
-__all__ = ["preview_grid"]
+__all__ = ["preview_grid", "caption_strip"]
 
 
-def _caption_strip(text: str, width: int, height: int = 28) -> np.ndarray:
+def caption_strip(text: str, width: int, height: int = 28, scale: float = 0.4, empty: str = "(empty caption)") -> np.ndarray:
+    """A white strip ``width`` pixels wide with ``text`` on one line (cut with ... when too long)."""
     strip = np.full((height, width, 3), 255, np.uint8)
-    scale = 0.4
     max_chars = max(8, int(width / (scale * 19)))
     line = text if len(text) <= max_chars else text[: max_chars - 3] + "..."
-    cv2.putText(strip, line or "(empty caption)", (4, height - 9), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(strip, line or empty, (4, height - round(height * 0.3)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
+                cv2.LINE_AA)
     return strip
 
 
@@ -36,7 +37,7 @@ def preview_grid(cfg: DataConfig, out: str | Path, samples: int = 8) -> Path:
             mask_rgb = np.repeat((1 - keep)[..., None] * 255, 3, axis=2).astype(np.uint8)  # white = hole
             panel = np.concatenate([image, mask_rgb, masked], axis=1)
             label = f"{batch['key'][i]} [{batch['mask_source'][i]}] {batch['caption'][i]}"
-            rows.append(np.concatenate([panel, _caption_strip(label, panel.shape[1])], axis=0))
+            rows.append(np.concatenate([panel, caption_strip(label, panel.shape[1])], axis=0))
             if len(rows) == samples:
                 break
         if len(rows) == samples:

@@ -336,6 +336,10 @@ class BrushNetModel(ModelMixin, ConfigMixin):
 
     # --------------------------------------------------------------- forward
 
+    def plain_config(self) -> dict:
+        """The config as plain JSON-able data (tuples as lists), e.g. to store beside a checkpoint."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(self.config).items()}
+
     @property
     def residual_counts(self) -> tuple[int, int, int]:
         return len(self.brushnet_down_blocks), 1, len(self.brushnet_up_blocks)

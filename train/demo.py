@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .brushnet import BrushNetModel
     from .components import load_base
-    from .pipeline import BrushNetInpaintPipeline
+    from .pipeline import BrushNetInpaintPipeline, mask_pictures
     from .tiny import write_tiny_base
 
     out = Path(cfg.out_dir)
@@ -93,9 +93,8 @@ def run(args: argparse.Namespace) -> int:
         generator=torch.Generator().manual_seed(cfg.seed), blend=cfg.blend, output_type="np",
     )[0]
 
-    masked = image.copy()
-    masked[mask > 127] = 0
-    panels = [image, np.repeat(mask[..., None], 3, axis=2), masked, result]
+    masked, mask_rgb = mask_pictures(image, mask)
+    panels = [image, mask_rgb, masked, result]
     Image.fromarray(image).save(out / "input.png")
     Image.fromarray(mask).save(out / "mask.png")
     Image.fromarray(result).save(out / "inpainted.png")

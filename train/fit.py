@@ -225,8 +225,8 @@ def _callbacks(cfg, out: Path, module, base, branch, data_cfg) -> list:
     from .progress import StepProgress
     from .samples import SampleGrids
 
-    branch_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(branch.config).items()}
-    checkpoint = StepCheckpoint(out / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last, branch_config)
+    checkpoint = StepCheckpoint(out / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last,
+                                branch.plain_config())
     from .preemption import PreemptionHandler
 
     # Checkpoint first (on_train_end saves before eval and export read it), then the preemption check.

@@ -94,7 +94,7 @@ class BrushNetModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["brushtrain"] = {
-            "brushnet_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(self.brushnet.config).items()},
+            "brushnet_config": self.brushnet.plain_config(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "skipped_steps": self.skipped_steps,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
@@ -117,11 +117,14 @@ class BrushNetModule(L.LightningModule):
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def _autocast(self):
-        """Mixed precision for the frozen + branch forward (Lightning's context if it set one)."""
-        dtype = _AUTOCAST.get(str(self.trainer.precision)) if self._trainer is not None else None
-        if dtype is None or torch.is_autocast_enabled(self.device.type):
+        """Mixed precision for the frozen + branch forward: Lightning's (if it set one), the trainer's
+        precision, else the frozen parts' dtype when that is half (fp32 branch, bf16 UNet)."""
+        if torch.is_autocast_enabled(self.device.type):
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        dtype = _AUTOCAST.get(str(self.trainer.precision)) if self._trainer is not None else None
+        if dtype is None and self.frozen_dtype != torch.float32:
+            dtype = self.frozen_dtype
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     @torch.no_grad()
     def _encode(self, batch: dict, generator: torch.Generator):

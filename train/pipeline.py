@@ -35,6 +35,7 @@ __all__ = [
     "hole_from_user_mask",
     "keep_from_hole",
     "user_mask_from_keep",
+    "mask_pictures",
     "blend_with_blurred_mask",
 ]
 
@@ -95,6 +96,14 @@ def keep_from_hole(hole: np.ndarray | torch.Tensor):
 def user_mask_from_keep(keep: np.ndarray) -> np.ndarray:
     """The branch's conditioning mask (1 = known) -> a user mask image, HxW uint8, 255 = paint."""
     return ((1 - np.asarray(keep)) * 255).astype(np.uint8)
+
+
+def mask_pictures(image: np.ndarray, user_mask: ImageLike) -> tuple[np.ndarray, np.ndarray]:
+    """For grids: the image with the paint region blacked out, and the mask as RGB (white = paint)."""
+    hole = hole_from_user_mask(user_mask) > 0
+    masked = np.array(image, copy=True)
+    masked[hole] = 0
+    return masked, np.repeat((hole * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def blend_with_blurred_mask(original: np.ndarray, generated: np.ndarray, hole: np.ndarray, kernel: int = 21) -> np.ndarray:

@@ -63,13 +63,10 @@ def run(args: argparse.Namespace) -> int:
     result.save(args.out)
     print(f"wrote {args.out} ({result.size[0]}x{result.size[1]}, {args.steps} {args.scheduler} steps, seed {args.seed})")
     if args.grid:
-        from .pipeline import hole_from_user_mask
+        from .pipeline import mask_pictures
 
         rgb = np.asarray(image)
-        hole = hole_from_user_mask(mask) > 0
-        masked = rgb.copy()
-        masked[hole] = 0
-        mask_rgb = np.repeat((hole * 255).astype(np.uint8)[..., None], 3, axis=2)
+        masked, mask_rgb = mask_pictures(rgb, mask)
         Image.fromarray(np.concatenate([rgb, mask_rgb, masked, np.asarray(result)], axis=1)).save(args.grid)
         print(f"wrote {args.grid} (input | mask | masked input | result)")
     return 0

@@ -17,7 +17,6 @@ that another rank never enters.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
-__all__ = ["ValItem", "SampleGrids", "items_from_batch", "items_from_folder", "grid_rows", "caption_strip"]
+__all__ = ["ValItem", "SampleGrids", "items_from_batch", "items_from_folder", "grid_rows"]
 
 
 @dataclass
@@ -73,26 +72,18 @@ def items_from_folder(folder: str | Path, count: int, resolution: int) -> list[V
     return items
 
 
-def caption_strip(text: str, width: int, height: int = 22) -> np.ndarray:
-    import cv2
-
-    strip = np.full((height, width, 3), 255, np.uint8)
-    max_chars = max(8, width // 7)
-    text = text if len(text) <= max_chars else text[: max_chars - 3] + "..."
-    cv2.putText(strip, text or "(empty prompt)", (4, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    return strip
-
-
 def grid_rows(items: list[ValItem], results: np.ndarray, branch_off: np.ndarray) -> list[np.ndarray]:
     """One row per item: masked input | mask | result | original | branch off, over its prompt."""
+    from data.preview import caption_strip
+
+    from .pipeline import mask_pictures
+
     rows = []
     for item, result, off in zip(items, results, branch_off):
-        hole = item.mask > 127
-        masked = item.image.copy()
-        masked[hole] = 0
-        mask_rgb = np.repeat(np.where(hole, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+        masked, mask_rgb = mask_pictures(item.image, item.mask)
         panel = np.concatenate([masked, mask_rgb, result, item.image, off], axis=1)
-        rows.append(np.concatenate([panel, caption_strip(item.prompt, panel.shape[1])], axis=0))
+        strip = caption_strip(item.prompt, panel.shape[1], height=22, scale=0.35, empty="(empty prompt)")
+        rows.append(np.concatenate([panel, strip], axis=0))
     return rows
 
 
@@ -155,13 +146,10 @@ class SampleGrids(Callback):
         from .pipeline import BrushNetInpaintPipeline
 
         pipe = BrushNetInpaintPipeline(pl_module.base, pl_module.brushnet, scheduler=self.cfg.scheduler)
-        autocast = pl_module._autocast() if pl_module._trainer is not None else contextlib.nullcontext()
-        if isinstance(autocast, contextlib.nullcontext) and pl_module.frozen_dtype != torch.float32:
-            autocast = torch.autocast(pl_module.device.type, dtype=pl_module.frozen_dtype)
         out = []
         for i, item in enumerate(items):  # one seed per item, the same for every call
             generator = torch.Generator(device=pl_module.device).manual_seed(self.cfg.seed + i)
-            with autocast:
+            with pl_module._autocast():
                 out.append(pipe(item.image, item.mask, item.prompt, num_inference_steps=self.cfg.steps,
                                 guidance_scale=self.cfg.guidance_scale, conditioning_scale=scale,
                                 generator=generator, output_type="np")[0])

@@ -87,11 +87,14 @@ def _check(cfg) -> None:
         problems.append(f"optim.schedule must be 'constant' or 'cosine', got {cfg.optim.schedule!r}")
     if cfg.trainer.strategy not in ("auto", "ddp", "deepspeed"):
         problems.append(f"trainer.strategy must be auto, ddp or deepspeed, got {cfg.trainer.strategy!r}")
-    if cfg.trainer.strategy == "deepspeed" and not cfg.deepspeed.allow_cpu:
+    if cfg.trainer.strategy == "deepspeed":
         import torch
 
-        if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available():
-            problems.append("trainer.strategy=deepspeed needs CUDA GPUs (deepspeed.allow_cpu=true is for tests only)")
+        from .strategy import deepspeed_problem
+
+        problem = deepspeed_problem(cfg, on_cpu=cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available())
+        if problem:
+            problems.append(problem)
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).exists():
         problems.append(f"resume {cfg.resume!r} does not exist (a checkpoint path or 'auto')")
     if problems:

@@ -15,7 +15,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from .config import ConfigError
 
-__all__ = ["build_strategy", "deepspeed_config", "CPUDeepSpeedStrategy"]
+__all__ = ["build_strategy", "deepspeed_config", "deepspeed_problem", "CPUDeepSpeedStrategy"]
 
 
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):
@@ -75,15 +75,23 @@ def deepspeed_config(ds, batch_size: int, grad_clip: float) -> dict:
     }
 
 
+def deepspeed_problem(cfg, on_cpu: bool) -> str | None:
+    """Why ``trainer.strategy=deepspeed`` cannot run here, or None."""
+    if cfg.trainer.strategy == "deepspeed" and on_cpu and not cfg.deepspeed.allow_cpu:
+        return "trainer.strategy=deepspeed needs CUDA GPUs (deepspeed.allow_cpu=true is for tests only)"
+    return None
+
+
 def build_strategy(cfg, accelerator: str, n_processes: int):
     """Strategy for ``cfg.trainer.strategy`` ('auto', 'ddp', 'deepspeed')."""
     name = cfg.trainer.strategy
     timeout = timedelta(minutes=30)
     if name == "deepspeed":
         ds_cfg = deepspeed_config(cfg.deepspeed, cfg.data.batch_size, cfg.optim.grad_clip)
+        problem = deepspeed_problem(cfg, on_cpu=accelerator == "cpu")
+        if problem:
+            raise ConfigError(problem)
         if accelerator == "cpu":
-            if not cfg.deepspeed.allow_cpu:
-                raise ConfigError("trainer.strategy=deepspeed needs CUDA GPUs (deepspeed.allow_cpu=true is for tests only)")
             return CPUDeepSpeedStrategy(config=ds_cfg, timeout=timeout, exclude_frozen_parameters=True)
         return DeepSpeedStrategy(config=ds_cfg, timeout=timeout, exclude_frozen_parameters=True)
     if name == "ddp" or (name == "auto" and n_processes > 1):

@@ -48,18 +48,25 @@ STATE_VERSION = 1
 
 @dataclass
 class MaskConfig:
-    """Mask sources by weight, and the reference's random edits (see :class:`data.masks.MaskPolicy`)."""
+    """Mask sources by weight, and the reference's random edits (see :class:`data.masks.MaskPolicy`).
+
+    The defaults are the reference recipe's, measured in the training crop (docs/reference.md): stroke
+    geometry, width and the opening kernel are in pixels of the *original* image (``space: original``).
+    """
 
     segmentation: float = 1.0
     brush: float = 0.0
     box: float = 0.0
     border: float = 0.0
-    opening_p: float = 0.3
-    opening_kernel: int = 8
-    invert_p: float = 0.5
-    brush_max_strokes: int = 4
-    brush_max_segments: int = 7
-    brush_width: int = 128
+    opening_p: float = 0.3  # probability of an opening (erode then dilate)
+    opening_kernel: int = 8  # its square kernel, in pixels of `space`
+    invert_p: float = 0.5  # probability that keep and hole swap
+    space: str = "original"  # original: sizes in original-image pixels, scaled to the crop | crop: training pixels
+    brush_min_strokes: int = 0  # strokes per brush mask: min..max inclusive (the reference: 0..3)
+    brush_max_strokes: int = 3
+    brush_max_segments: int = 7  # segments per stroke: 0..max (0 = a round dot)
+    brush_width: float = 128.0  # stroke width, in pixels of `space`
+    brush_transposed_starts: bool = True  # the reference's (W, H) start box on non-square images
 
     def policy(self) -> MaskPolicy:
         return MaskPolicy(
@@ -67,8 +74,10 @@ class MaskConfig:
             opening_p=self.opening_p,
             opening_kernel=self.opening_kernel,
             invert_p=self.invert_p,
-            brush=dict(max_strokes=self.brush_max_strokes, max_segments=self.brush_max_segments,
-                       stroke_width=self.brush_width),
+            space=self.space,
+            brush=dict(min_strokes=self.brush_min_strokes, max_strokes=self.brush_max_strokes,
+                       max_segments=self.brush_max_segments, stroke_width=float(self.brush_width),
+                       transposed_starts=self.brush_transposed_starts),
         )
 
 

@@ -6,7 +6,8 @@
   brushtrain data build folder --images imgs/ --masks masks/ --out shards/
   brushtrain data validate 'shards/{00000..00009}.tar' --json --strict
   brushtrain data preview shards/ --out grid.png --mask-mode brush
-  brushtrain data bench shards/ --resolution 512 --workers 4
+  brushtrain data preview shards/ --out grid.png --config configs/sd15_random.yaml   # a run's data.mask policy
+  brushtrain data bench shards/ --resolution 512 --workers 4 --mask-mode brush --mask-stats
   brushtrain data index shards/          # writes shards/sizes.json
 """
 
@@ -18,6 +19,10 @@ import re
 import sys
 
 __all__ = ["add_arguments", "run"]
+
+class ToolConfigError(ValueError):
+    """A --config file whose data section cannot be used; the message names the file and key."""
+
 
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?i?b?)?\s*$", re.I)
 
@@ -84,19 +89,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="exit non-zero on any bad record")
     p.add_argument("--workers", type=int, default=1, help="processes scanning shards in parallel")
 
+    policy_help = ("the mask policy: mask source or mix (segmentation, brush, box, border, or e.g. "
+                   "segmentation=0.5,brush=0.5); the other data.mask settings come from --config, else the defaults")
     p = sub.add_parser("preview", help="render image | mask | masked image | caption for a few samples")
     p.add_argument("shards", nargs="+")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--mask-mode", type=parse_mask_mode, default={"segmentation": 1.0},
-                   help="mask source or mix: segmentation, brush, box, border, or e.g. segmentation=0.5,brush=0.5")
+    p.add_argument("--resolution", type=int, default=None, help="crop size (default: --config's, else 256)")
+    p.add_argument("--mask-mode", type=parse_mask_mode, default=None, help=policy_help)
+    p.add_argument("--config", metavar="YAML", help="a `brushtrain fit` config: use its data.mask and data.resolution")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("bench", help="samples/s of the training stream (last line: JSON)")
     p.add_argument("shards", nargs="+")
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--mask-mode", type=parse_mask_mode, default={"segmentation": 1.0})
+    p.add_argument("--resolution", type=int, default=None, help="crop size (default: --config's, else 512)")
+    p.add_argument("--mask-mode", type=parse_mask_mode, default=None, help=policy_help)
+    p.add_argument("--config", metavar="YAML", help="a `brushtrain fit` config: use its data.mask and data.resolution")
+    p.add_argument("--mask-stats", action="store_true",
+                   help="add the hole statistics of the keep masks the stream yields to the JSON line ('masks')")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: in this process)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--samples", type=int, default=500)
@@ -105,12 +115,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("shards", nargs="+")
 
 
-def _data_config(args, **overrides):
+def _data_config(args, default_resolution: int, **overrides):
+    """A DataConfig for the tools: --config's data.mask / data.resolution, then the flags given."""
+    from omegaconf import OmegaConf
+
     from .brushdata import DataConfig, MaskConfig
     from .masks import MASK_SOURCES
 
-    weights = {name: float(args.mask_mode.get(name, 0.0)) for name in MASK_SOURCES}
-    return DataConfig(shards=list(args.shards), resolution=args.resolution, mask=MaskConfig(**weights), **overrides)
+    mask = OmegaConf.structured(MaskConfig)
+    resolution = default_resolution
+    if args.config:
+        from pathlib import Path
+
+        if not Path(args.config).is_file():
+            raise FileNotFoundError(f"--config {args.config} does not exist")
+        try:
+            layer = OmegaConf.load(args.config).get("data") or {}
+            mask = OmegaConf.merge(mask, layer.get("mask") or {})
+            resolution = int(layer.get("resolution", resolution))
+        except Exception as exc:  # OmegaConf's validation errors name the key
+            raise ToolConfigError(f"{args.config}: {str(exc).splitlines()[0]}") from None
+    if args.mask_mode is not None:
+        mask = OmegaConf.merge(mask, {name: float(args.mask_mode.get(name, 0.0)) for name in MASK_SOURCES})
+    if args.resolution is not None:
+        resolution = args.resolution
+    return DataConfig(shards=list(args.shards), resolution=resolution, mask=MaskConfig(**OmegaConf.to_container(mask)),
+                      **overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,7 +198,7 @@ def _validate(args) -> int:
 def _preview(args) -> int:
     from .preview import preview_grid
 
-    cfg = _data_config(args, batch_size=1, num_workers=0, seed=args.seed, shuffle_buffer=1)
+    cfg = _data_config(args, 256, batch_size=1, num_workers=0, seed=args.seed, shuffle_buffer=1)
     print(f"wrote {preview_grid(cfg, args.out, args.samples)}")
     return 0
 
@@ -176,9 +206,14 @@ def _preview(args) -> int:
 def _bench(args) -> int:
     from .bench import measure_throughput
 
-    cfg = _data_config(args, batch_size=args.batch_size, num_workers=args.workers)
-    result = measure_throughput(cfg, samples=args.samples)
-    print(f"{result['samples_per_s']} samples/s at {args.resolution} px with {args.workers} worker(s)", file=sys.stderr)
+    cfg = _data_config(args, 512, batch_size=args.batch_size, num_workers=args.workers)
+    result = measure_throughput(cfg, samples=args.samples, mask_stats=args.mask_stats)
+    print(f"{result['samples_per_s']} samples/s at {cfg.resolution} px with {args.workers} worker(s)", file=sys.stderr)
+    if args.mask_stats:
+        m = result["masks"]
+        print(f"masks: mean hole fraction {m['hole_fraction_mean']}, no hole {m['no_hole_fraction']:.1%}, "
+              f"all hole {m['all_hole_fraction']:.1%}, histogram (0.1 bins) {m['hole_fraction_histogram']}",
+              file=sys.stderr)
     print(json.dumps(result))
     return 0
 

@@ -1,10 +1,18 @@
 """Masks: BrushData run-length codes, random brush strokes, boxes, borders, the mix policy.
 
-Conventions. A *region* mask is HxW uint8 with 1 on the region (a segmented
+Conventions. A *region* mask is uint8 with 1 on the region (a segmented
 object, a brush stroke, a box). The training pipeline turns regions into the
-branch's *keep* mask (1 = known pixel, 0 = hole) as BRUSHNET.md section 5
-says; see :meth:`MaskPolicy.keep_mask`. Randomness always comes from a
+branch's *keep* mask (1 = known pixel, 0 = hole), see
+:meth:`MaskPolicy.keep_mask`. Randomness always comes from a
 ``numpy.random.Generator`` passed in.
+
+Masks are made directly in the training crop, with the reference recipe's
+statistics (docs/reference.md, "Training recipe"): the reference draws brush
+strokes and opens masks on the *original* image, then resizes and crops. Here
+the stroke geometry and the opening kernel are expressed in original-image
+pixels and scaled by the resize (:class:`CropGeometry`), and only the crop
+window (plus the opening's margin) is rasterised or decoded, whatever the size
+of the original image.
 
 BrushData RLE: a flat list ``[start1, len1, start2, len2, ...]`` of runs of ones
 over the mask flattened in column-major (Fortran) order, starts 1-based.
@@ -23,16 +31,23 @@ __all__ = [
     "RLEError",
     "rle_check",
     "rle_decode",
+    "rle_sample",
     "rle_encode",
+    "CropGeometry",
+    "brush_strokes",
+    "draw_strokes",
     "brush_mask",
     "box_mask",
     "border_mask",
     "opening",
     "MaskPolicy",
     "MASK_SOURCES",
+    "MASK_SPACES",
+    "hole_fraction_stats",
 ]
 
 MASK_SOURCES = ("segmentation", "brush", "box", "border")
+MASK_SPACES = ("original", "crop")
 
 
 class RLEError(ValueError):
@@ -62,27 +77,39 @@ def rle_check(rle: Sequence[int] | np.ndarray, height: int, width: int) -> tuple
     return starts, lengths
 
 
-def rle_decode(
-    rle: Sequence[int] | np.ndarray, height: int, width: int, columns: tuple[int, int] | None = None
-) -> np.ndarray:
-    """HxW uint8 mask (1 = object) from BrushData run-length data.
+def rle_decode(rle: Sequence[int] | np.ndarray, height: int, width: int) -> np.ndarray:
+    """The whole HxW uint8 mask (1 = object) from BrushData run-length data (tools and tests; training
+    samples only the crop, see :func:`rle_sample`). Vectorised: run starts and ends become +1/-1 marks
+    whose running sum is the mask."""
+    starts, lengths = rle_check(rle, height, width)
+    n = height * width
+    keep = lengths > 0
+    marks = np.bincount(starts[keep], minlength=n + 1) - np.bincount((starts + lengths)[keep], minlength=n + 1)
+    return (np.cumsum(marks[:n]) > 0).astype(np.uint8).reshape((height, width), order="F")
 
-    ``columns=(x0, x1)`` decodes only those columns (an Hx(x1-x0) array): in
-    column-major order they are one contiguous stretch, so a crop window costs
-    only its own pixels. Vectorised: run starts and ends become +1/-1 marks whose
-    running sum is the mask.
+
+def rle_sample(rle: Sequence[int] | np.ndarray, height: int, width: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The mask at pixels ``(rows[i], cols[j])``: a ``len(rows) x len(cols)`` uint8 array (1 = object).
+
+    What a nearest-neighbour resize of the crop needs, at a cost set by the
+    output size (one binary search per output pixel over the runs), not by the
+    image: a 4000x3000 mask sampled into a 512x512 crop touches 512x512 pixels.
+    Overlapping and unsorted runs mean what the format's definition says.
     """
     starts, lengths = rle_check(rle, height, width)
-    x0, x1 = (0, width) if columns is None else columns
-    if not 0 <= x0 <= x1 <= width:
-        raise ValueError(f"columns {columns} outside a mask of width {width}")
-    lo, n = x0 * height, (x1 - x0) * height
-    begin = np.clip(starts - lo, 0, n)
-    end = np.clip(starts + lengths - lo, 0, n)
-    keep = end > begin
-    marks = np.bincount(begin[keep], minlength=n + 1) - np.bincount(end[keep], minlength=n + 1)
-    flat = (np.cumsum(marks[:n]) > 0).astype(np.uint8)
-    return flat.reshape((height, x1 - x0), order="F")
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    out = np.zeros((cols.size, rows.size), np.uint8)
+    keep = lengths > 0
+    if not keep.any():
+        return out.T
+    order = np.argsort(starts[keep], kind="stable")
+    first = starts[keep][order]
+    reach = np.maximum.accumulate((starts + lengths)[keep][order])  # furthest end of any run starting <= here
+    flat = (cols[:, None] * height + rows[None, :]).ravel()  # column-major positions
+    idx = np.searchsorted(first, flat, side="right") - 1
+    inside = (idx >= 0) & (flat < reach[np.maximum(idx, 0)])
+    out[:] = inside.reshape(cols.size, rows.size)
+    return np.ascontiguousarray(out.T)
 
 
 def rle_encode(mask: np.ndarray) -> list[int]:
@@ -98,53 +125,133 @@ def rle_encode(mask: np.ndarray) -> list[int]:
     return out.tolist()
 
 
+# ------------------------------------------------------------- the crop
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where a ``size`` x ``size`` training crop lies in its ``height`` x ``width`` original image.
+
+    ``top``/``left`` are the crop's edges and ``span_y``/``span_x`` its extent,
+    in original pixels (continuous coordinates: pixel k covers [k, k+1)), so
+    crop pixel i has its centre at original row ``top + (i + 0.5) * span_y / size``.
+    """
+
+    height: int
+    width: int
+    top: float
+    left: float
+    span_y: float
+    span_x: float
+    size: int
+
+    @property
+    def scale(self) -> float:
+        """Crop pixels per original pixel (the resize factor)."""
+        return self.size / max(self.span_y, self.span_x)
+
+    def _indices(self, start: float, span: float, limit: int, n: int, margin: int) -> tuple[np.ndarray, int]:
+        i = np.arange(-margin, n + margin)
+        src = np.floor(start + (i + 0.5) * span / n).astype(np.int64)
+        inside = (src >= 0) & (src < limit)
+        lead = int(np.count_nonzero(~inside[:margin]))
+        return src[inside], margin - lead
+
+    def sample_points(self, margin: int = 0):
+        """Original (rows, cols) under each crop pixel, nearest neighbour, with up to ``margin`` extra
+        pixels on every side where the image extends that far; and the (top, left) margin taken."""
+        rows, mt = self._indices(self.top, self.span_y, self.height, self.size, margin)
+        cols, ml = self._indices(self.left, self.span_x, self.width, self.size, margin)
+        return rows, cols, (mt, ml)
+
+    def to_crop(self, points: np.ndarray, margin_top_left: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """(x, y) original pixel coordinates -> crop pixel coordinates (of a canvas with that margin)."""
+        sy, sx = self.size / self.span_y, self.size / self.span_x
+        out = np.empty_like(points, dtype=np.float64)
+        out[:, 0] = (points[:, 0] + 0.5 - self.left) * sx - 0.5 + margin_top_left[1]
+        out[:, 1] = (points[:, 1] + 0.5 - self.top) * sy - 0.5 + margin_top_left[0]
+        return out
+
+
 # ------------------------------------------------------------- generators
 
 
-def brush_mask(
+def brush_strokes(
     height: int,
     width: int,
     rng: np.random.Generator,
-    min_strokes: int = 1,
-    max_strokes: int = 4,
+    min_strokes: int = 0,
+    max_strokes: int = 3,
     max_segments: int = 7,
     mean_angle: float = 2 * math.pi / 5,
     angle_range: float = 2 * math.pi / 15,
-    stroke_width: int = 128,
-) -> np.ndarray:
-    """Random free-form brush strokes (BRUSHNET.md section 5); 1 = stroke (the hole).
+    transposed_starts: bool = True,
+) -> list[np.ndarray]:
+    """The reference's random free-form strokes on an ``height`` x ``width`` canvas, as polylines.
 
-    Each stroke is a polyline of 0..``max_segments`` segments starting at a random
-    point, turning by angles around ``mean_angle`` (alternately left and right,
-    spread up to ``angle_range``), segment lengths ~ N(r, r/2) clipped to [0, 2r]
-    with r = sqrt(H^2 + W^2) / 8, drawn ``stroke_width`` wide with round caps at
-    the vertices. The whole mask is then flipped vertically/horizontally with p=0.5.
+    ``min_strokes``..``max_strokes`` strokes (the reference: ``randint(4)`` = 0-3,
+    so a quarter of its masks have no stroke), each a polyline of
+    0..``max_segments`` segments from a random start, turning by angles around
+    ``mean_angle`` (alternately left and right, spread up to ``angle_range``),
+    segment lengths ~ N(r, r // 2) clipped to [0, 2r] with r = sqrt(H^2 + W^2) / 8,
+    vertices truncated to whole pixels; then the whole mask is flipped
+    vertically and horizontally with p=0.5 each. ``transposed_starts``: the
+    reference reads ``h, w = mask.size`` from a PIL image (which is ``(W, H)``),
+    so its start points and the clipping of vertices use the transposed box; on
+    non-square images that changes where strokes fall (and how many leave the
+    canvas), so it is kept by default to match the reference's statistics.
+
+    Returns one ``(n, 2)`` float array of (x, y) vertex coordinates per stroke.
     """
-    mask = np.zeros((height, width), np.uint8)
     radius = math.sqrt(height**2 + width**2) / 8
+    box_x, box_y = (height, width) if transposed_starts else (width, height)
+    strokes = []
     for _ in range(int(rng.integers(min_strokes, max_strokes + 1))):
         n_seg = int(rng.integers(0, max_segments + 1))
         lo = mean_angle - rng.uniform(0, angle_range)
         hi = mean_angle + rng.uniform(0, angle_range)
         turns = rng.uniform(lo, hi, size=n_seg)
         turns[0::2] = 2 * math.pi - turns[0::2]
-        lengths = np.clip(rng.normal(radius, radius / 2, size=n_seg), 0, 2 * radius)
-        x, y = float(rng.integers(0, width)), float(rng.integers(0, height))
-        points = [(int(x), int(y))]
+        lengths = np.clip(rng.normal(radius, radius // 2, size=n_seg), 0, 2 * radius)
+        x, y = int(rng.integers(0, box_x)), int(rng.integers(0, box_y))
+        points = [(x, y)]
         for angle, length in zip(turns, lengths):
-            x = float(np.clip(x + length * math.cos(angle), 0, width))
-            y = float(np.clip(y + length * math.sin(angle), 0, height))
-            points.append((int(x), int(y)))
-        pts = np.asarray(points, np.int32)
-        if len(points) > 1:
-            cv2.polylines(mask, [pts], isClosed=False, color=1, thickness=stroke_width)
-        for px, py in points:
-            cv2.circle(mask, (int(px), int(py)), stroke_width // 2, 1, thickness=-1)
-    if rng.random() < 0.5:
-        mask = mask[::-1]
-    if rng.random() < 0.5:
-        mask = mask[:, ::-1]
-    return np.ascontiguousarray(mask)
+            x = int(np.clip(x + length * math.cos(angle), 0, box_x))
+            y = int(np.clip(y + length * math.sin(angle), 0, box_y))
+            points.append((x, y))
+        strokes.append(np.asarray(points, np.float64))
+    flip_y, flip_x = rng.random() < 0.5, rng.random() < 0.5
+    for pts in strokes:
+        if flip_y:
+            pts[:, 1] = height - 1 - pts[:, 1]
+        if flip_x:
+            pts[:, 0] = width - 1 - pts[:, 0]
+    return strokes
+
+
+_SHIFT = 4  # cv2 drawing with 1/16-pixel precision
+
+
+def draw_strokes(strokes: Sequence[np.ndarray], stroke_width: float, shape: tuple[int, int]) -> np.ndarray:
+    """Rasterise polylines (crop pixel coordinates) ``stroke_width`` wide with round caps at the vertices."""
+    canvas = np.zeros(shape, np.uint8)
+    thickness = max(1, int(round(stroke_width)))
+    radius = int(round(stroke_width / 2 * (1 << _SHIFT)))
+    for pts in strokes:
+        fixed = np.round(pts * (1 << _SHIFT)).astype(np.int64)
+        if np.abs(fixed).max(initial=0) > 2**30:  # far outside any canvas
+            continue
+        fixed = fixed.astype(np.int32)
+        if len(fixed) > 1:
+            cv2.polylines(canvas, [fixed], isClosed=False, color=1, thickness=thickness, shift=_SHIFT)
+        for px, py in fixed:
+            cv2.circle(canvas, (int(px), int(py)), radius, 1, thickness=-1, shift=_SHIFT)
+    return canvas
+
+
+def brush_mask(height: int, width: int, rng: np.random.Generator, stroke_width: float = 128, **stroke_kw) -> np.ndarray:
+    """Random strokes on a whole ``height`` x ``width`` canvas; 1 = stroke (the hole). See :func:`brush_strokes`."""
+    return draw_strokes(brush_strokes(height, width, rng, **stroke_kw), stroke_width, (height, width))
 
 
 def box_mask(
@@ -173,7 +280,9 @@ def border_mask(
 
 
 def opening(mask: np.ndarray, kernel: int = 8) -> np.ndarray:
-    """Erode then dilate with a ``kernel`` x ``kernel`` square (removes thin parts)."""
+    """Erode then dilate with a ``kernel`` x ``kernel`` square (removes parts thinner than the kernel)."""
+    if kernel <= 1:
+        return mask
     return cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((kernel, kernel), np.uint8))
 
 
@@ -182,25 +291,33 @@ def opening(mask: np.ndarray, kernel: int = 8) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MaskPolicy:
-    """Where each sample's mask comes from, and the reference's random edits.
+    """Where each sample's mask comes from, and the reference's random edits, in the training crop.
 
     ``weights`` picks the source per sample (normalised): ``segmentation`` (one
-    of the sample's masks at random; the reference's segmentation variant),
-    ``brush`` (random strokes; the random-mask variant), ``box`` and ``border``
-    (outpainting). Then, as the reference does, with ``opening_p`` an opening
-    with an ``opening_kernel`` square, and with ``invert_p`` the keep and hole
-    regions swap.
+    of the sample's masks at random, all-ones when it has none; the reference's
+    segmentation variant), ``brush`` (random strokes, :func:`brush_strokes`; the
+    random-mask variant), ``box`` and ``border`` (outpainting). Then, as the
+    reference does, with ``opening_p`` an opening with an ``opening_kernel``
+    square, and with ``invert_p`` the keep and hole regions swap.
+
+    ``space="original"`` (the reference): the stroke geometry (radius from the
+    original image's diagonal, ``brush["stroke_width"]``) and the opening kernel
+    are in original-image pixels and scale with the resize to the crop.
+    ``space="crop"``: they are in training-resolution pixels, as if the crop were
+    the image (more and larger holes on large images; the reference's numbers
+    then describe a 512 px image whatever the source size).
 
     Segmentation regions are *kept* (the object is the known part, so the model
     paints around it) and become the hole after inversion; brush strokes, boxes
-    and borders are holes. With ``invert_p=0.5`` both cases are equally likely.
+    and borders are holes.
     """
 
     weights: Mapping[str, float] = field(default_factory=lambda: {"segmentation": 1.0})
     opening_p: float = 0.3
     opening_kernel: int = 8
     invert_p: float = 0.5
-    brush: Mapping[str, float] = field(default_factory=dict)
+    space: str = "original"
+    brush: Mapping[str, float] = field(default_factory=dict)  # brush_strokes() keywords + stroke_width
 
     def __post_init__(self):
         unknown = set(self.weights) - set(MASK_SOURCES)
@@ -211,31 +328,80 @@ class MaskPolicy:
         for name, p in (("opening_p", self.opening_p), ("invert_p", self.invert_p)):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
-
-    @property
-    def needs_segmentation(self) -> bool:
-        return self.weights.get("segmentation", 0) > 0
+        if self.space not in MASK_SPACES:
+            raise ValueError(f"mask space must be one of {MASK_SPACES}, got {self.space!r}")
 
     def choose(self, rng: np.random.Generator) -> str:
         names = [n for n in MASK_SOURCES if self.weights.get(n, 0) > 0]
         p = np.array([self.weights[n] for n in names], dtype=np.float64)
         return names[int(rng.choice(len(names), p=p / p.sum()))]
 
-    def keep_mask(self, source: str, region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Keep mask (1 = known) from a region mask of ``source``, with opening and inversion."""
-        keep = region if source == "segmentation" else 1 - region
-        if self.opening_p and rng.random() < self.opening_p:
-            keep = opening(keep, self.opening_kernel)
+    def _kernel(self, geometry: CropGeometry) -> int:
+        if self.space == "crop":
+            return self.opening_kernel
+        return max(1, int(round(self.opening_kernel * geometry.scale)))
+
+    def keep_mask(self, source: str, geometry: CropGeometry, rng: np.random.Generator,
+                  masks: Sequence | None = None) -> np.ndarray:
+        """The crop's keep mask (size x size uint8, 1 = known) for a sample whose mask comes from ``source``.
+
+        ``masks``: the record's run-length masks (segmentation). The opening sees
+        the image around the crop as the reference's full-size opening does.
+        """
+        size = geometry.size
+        kernel = self._kernel(geometry)
+        do_open = bool(self.opening_p) and rng.random() < self.opening_p and kernel > 1
+        margin = kernel if do_open else 0
+        if source == "segmentation":
+            rows, cols, (mt, ml) = geometry.sample_points(margin)
+            if masks:
+                rle = masks[int(rng.integers(len(masks)))]
+                keep = rle_sample(rle, geometry.height, geometry.width, rows, cols)
+            else:  # no segmentation: the whole image is the "object" (as the reference does)
+                keep = np.ones((rows.size, cols.size), np.uint8)
+        elif source == "brush":
+            keep, (mt, ml) = self._brush(geometry, rng, margin)
+            keep = 1 - keep
+        elif source in ("box", "border"):
+            region = (box_mask if source == "box" else border_mask)(size, size, rng)
+            keep, (mt, ml) = 1 - region, (0, 0)
+        else:
+            raise ValueError(f"unknown mask source {source!r}; choose from {MASK_SOURCES}")
+        if do_open:
+            keep = opening(keep, kernel)
+        keep = keep[mt : mt + size, ml : ml + size]
         if self.invert_p and rng.random() < self.invert_p:
             keep = 1 - keep
-        return keep.astype(np.uint8, copy=False)
+        return np.ascontiguousarray(keep, dtype=np.uint8)
 
-    def region(self, source: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-        """A generated region (brush, box or border) at the given size."""
-        if source == "brush":
-            return brush_mask(height, width, rng, **self.brush)
-        if source == "box":
-            return box_mask(height, width, rng)
-        if source == "border":
-            return border_mask(height, width, rng)
-        raise ValueError(f"{source!r} masks come from the data, not a generator")
+    def _brush(self, geometry: CropGeometry, rng: np.random.Generator, margin: int):
+        params = dict(self.brush)
+        width = float(params.pop("stroke_width", 128))
+        if self.space == "crop":
+            size = geometry.size
+            return draw_strokes(brush_strokes(size, size, rng, **params), width, (size, size)), (0, 0)
+        rows, cols, (mt, ml) = geometry.sample_points(margin)
+        strokes = brush_strokes(geometry.height, geometry.width, rng, **params)
+        strokes = [geometry.to_crop(s, (mt, ml)) for s in strokes]
+        return draw_strokes(strokes, width * geometry.scale, (rows.size, cols.size)), (mt, ml)
+
+
+# -------------------------------------------------------------- statistics
+
+
+def hole_fraction_stats(hole_fractions: Sequence[float]) -> dict:
+    """Statistics of per-sample hole fractions (hole = keep 0): their mean, the fraction of samples with no
+    hole (under 0.1 % of the crop), with no known pixel (hole over 99.9 %), and a 10-bin histogram of
+    counts over [0, 0.1), ..., [0.9, 1.0]."""
+    fractions = np.asarray(hole_fractions, np.float64)
+    if fractions.size == 0:
+        return {"samples": 0, "hole_fraction_mean": None, "no_hole_fraction": None, "all_hole_fraction": None,
+                "hole_fraction_histogram": [0] * 10}
+    bins = np.clip((fractions * 10).astype(np.int64), 0, 9)
+    return {
+        "samples": int(fractions.size),
+        "hole_fraction_mean": round(float(fractions.mean()), 4),
+        "no_hole_fraction": round(float(np.mean(fractions < 0.001)), 4),
+        "all_hole_fraction": round(float(np.mean(fractions > 0.999)), 4),
+        "hole_fraction_histogram": np.bincount(bins, minlength=10).tolist(),
+    }

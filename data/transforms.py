@@ -1,13 +1,14 @@
-"""One checked record -> one training example (BRUSHNET.md section 5).
+"""One checked record -> one training example (the reference recipe, docs/reference.md).
 
-Per sample: pick the mask source and mask, resize so the short side equals the
-resolution, random square crop, opening and inversion of the mask, caption
-dropout. Output is uint8 (normalising to [-1, 1] happens on the device, see
-:func:`data.batch.model_inputs`).
+Per sample: a square crop of the image resized so its short side equals the
+resolution (random or centred), the mask source and its keep mask in that crop
+(opening and inversion included, with the reference's statistics: see
+:class:`data.masks.MaskPolicy`), caption dropout. Output is uint8 (normalising
+to [-1, 1] happens on the device, see :func:`data.batch.model_inputs`).
 
 Only the crop window is worked on: the JPEG is decoded at the smallest DCT
-scale that still covers the target size, the mask's run-length data is decoded
-for the crop's columns only, and one resize brings each to the resolution.
+scale that still covers the target size and one resize brings it to the
+resolution; masks are sampled or drawn directly at the crop's pixels.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .masks import MaskPolicy, rle_decode
+from .masks import CropGeometry, MaskPolicy
 from .records import Record, decode_image
 
-__all__ = ["Example", "make_example", "crop_window"]
+__all__ = ["Example", "make_example", "crop_window", "crop_geometry"]
 
 
 @dataclass
@@ -53,13 +54,19 @@ def crop_window(height: int, width: int, resolution: int, rng: np.random.Generat
     return (y0, x0, side), (top, left)
 
 
-def _resize(array: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+def crop_geometry(height: int, width: int, decoded: tuple[int, int], window: tuple[int, int, int],
+                  resolution: int) -> CropGeometry:
+    """The crop ``window`` = (y0, x0, side) of an image decoded at ``decoded`` = (dh, dw), in original pixels."""
+    (dh, dw), (y0, x0, side) = decoded, window
+    fy, fx = height / dh, width / dw
+    return CropGeometry(height, width, top=y0 * fy, left=x0 * fx, span_y=side * fy, span_x=side * fx, size=resolution)
+
+
+def _resize(array: np.ndarray, size: int) -> np.ndarray:
     if array.shape[0] == size and array.shape[1] == size:
         return array
-    if nearest:
-        interp = cv2.INTER_NEAREST
-    else:  # bicubic; area averaging only when shrinking 2x or more (the JPEG draft usually did that part)
-        interp = cv2.INTER_AREA if array.shape[0] >= 2 * size else cv2.INTER_CUBIC
+    # bicubic; area averaging only when shrinking 2x or more (the JPEG draft usually did that part)
+    interp = cv2.INTER_AREA if array.shape[0] >= 2 * size else cv2.INTER_CUBIC
     return cv2.resize(array, (size, size), interpolation=interp)
 
 
@@ -81,20 +88,8 @@ def make_example(
     image = _resize(pixels[y0 : y0 + side, x0 : x0 + side], resolution)
 
     source = policy.choose(rng)
-    if source == "segmentation":
-        if record.masks:
-            rle = record.masks[int(rng.integers(len(record.masks)))]
-            # The same window in the full-size grid (the decode may be 1/2, 1/4, 1/8 scale).
-            fy, fx = h / dh, w / dw
-            oy0, ox0 = int(round(y0 * fy)), int(round(x0 * fx))
-            oy1, ox1 = min(h, int(round((y0 + side) * fy))), min(w, int(round((x0 + side) * fx)))
-            region = rle_decode(rle, h, w, columns=(ox0, ox1))[oy0:oy1]
-            region = _resize(np.ascontiguousarray(region), resolution, nearest=True)
-        else:  # no segmentation: the whole image is the "object" (as the reference does)
-            region = np.ones((resolution, resolution), np.uint8)
-    else:
-        region = policy.region(source, resolution, resolution, rng)
-    keep = policy.keep_mask(source, region, rng)
+    geometry = crop_geometry(h, w, (dh, dw), (y0, x0, side), resolution)
+    keep = policy.keep_mask(source, geometry, rng, masks=record.masks)
 
     caption = "" if caption_dropout and rng.random() < caption_dropout else record.caption
     return Example(

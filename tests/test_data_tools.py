@@ -167,7 +167,29 @@ def test_preview_and_bench(tmp_path, capsys):
     assert grid.size[0] == 3 * 48 and grid.size[1] == 3 * (48 + 28)
     assert main(["data", "bench", str(tmp_path / "s"), "--resolution", "32", "--samples", "30", "--mask-mode", "brush"]) == 0
     result = _json_out(capsys)
-    assert result["samples_per_s"] > 0 and result["samples"] >= 30
+    assert result["samples_per_s"] > 0 and result["samples"] >= 30 and "masks" not in result
+
+
+def test_bench_mask_statistics_follow_the_policy(tmp_path, capsys):
+    main(["data", "synth", str(tmp_path / "s"), "--samples", "40", "--per-shard", "20"])
+    capsys.readouterr()
+    args = ["data", "bench", str(tmp_path / "s"), "--resolution", "32", "--samples", "30", "--mask-stats"]
+    assert main(args + ["--mask-mode", "brush"]) == 0
+    masks = _json_out(capsys)["masks"]
+    assert set(masks) == {"samples", "hole_fraction_mean", "no_hole_fraction", "all_hole_fraction",
+                          "hole_fraction_histogram"}
+    assert len(masks["hole_fraction_histogram"]) == 10 and sum(masks["hole_fraction_histogram"]) == masks["samples"]
+    assert masks["samples"] >= 30 and 0 <= masks["hole_fraction_mean"] <= 1
+    # A config's data.mask: no inversion and no strokes at all gives crops without holes only.
+    config = tmp_path / "run.yaml"
+    config.write_text("data:\n  resolution: 24\n  mask:\n    segmentation: 0\n    brush: 1\n    invert_p: 0\n"
+                      "    brush_max_strokes: 0\n")
+    assert main(["data", "bench", str(tmp_path / "s"), "--samples", "20", "--mask-stats", "--config", str(config)]) == 0
+    result = _json_out(capsys)
+    assert result["resolution"] == 24 and result["masks"]["no_hole_fraction"] == 1.0
+    config.write_text("data:\n  mask:\n    brush_wdth: 3\n")
+    assert main(["data", "bench", str(tmp_path / "s"), "--config", str(config)]) == 2
+    assert "brush_wdth" in capsys.readouterr().err
 
 
 def test_index_writes_sizes(tmp_path, capsys):

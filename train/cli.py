@@ -23,7 +23,7 @@ COMMANDS = {
 
 
 # Errors that describe bad input (a message is enough, no traceback).
-_USER_ERRORS = {"CheckpointError", "ShardSpecError", "RLEError", "UsageError"}
+_USER_ERRORS = {"CheckpointError", "ShardSpecError", "RLEError", "UsageError", "ToolConfigError"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -174,11 +174,13 @@ class BrushDataset(IterableDataset):
             if isinstance(item, BadRecord):
                 self._bad(bad, item.reason, item.shard, item.key, item.detail)
                 continue
-            sample_rng = np.random.default_rng([cfg.seed, epoch, self.shard_index[item.shard], item.offset])
+            identity = [cfg.seed, epoch, self.shard_index[item.shard], item.offset]
+            sample_rng = np.random.default_rng(identity)
             try:
                 record = parse_record(item)
                 example = make_example(record, cfg.resolution, self.policy, sample_rng,
                                        caption_dropout=cfg.caption_dropout, random_crop=cfg.random_crop)
+                example.seed = int(np.random.SeedSequence(identity + [0x5EED]).generate_state(1, np.uint64)[0] >> 1)
             except BadSample as exc:
                 self._bad(bad, exc.reason, item.shard, item.key, exc.detail)
                 continue
@@ -212,6 +214,7 @@ def _collate(examples: list, meta: dict) -> dict:
         "crop_top_left": torch.tensor([e.crop_top_left for e in examples], dtype=torch.int64),
         "key": [e.key for e in examples],
         "mask_source": [e.mask_source for e in examples],
+        "sample_seed": torch.tensor([e.seed for e in examples], dtype=torch.int64),
         "weight": torch.ones(len(examples)),
         "__meta__": meta,
     }
@@ -225,7 +228,7 @@ def pad_batch(template: dict | None, resolution: int) -> dict:
             "keep_mask": torch.ones(1, 1, resolution, resolution, dtype=torch.uint8),
             "caption": [""], "original_size": torch.tensor([[resolution, resolution]]),
             "crop_top_left": torch.zeros(1, 2, dtype=torch.int64), "key": ["<pad>"],
-            "mask_source": ["pad"], "weight": torch.zeros(1),
+            "mask_source": ["pad"], "sample_seed": torch.zeros(1, dtype=torch.int64), "weight": torch.zeros(1),
         }
     pad = dict(template)
     pad["weight"] = torch.zeros_like(template["weight"])

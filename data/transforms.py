@@ -34,6 +34,7 @@ class Example:
     crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image
     key: str  # "shard-name/key"
     mask_source: str
+    seed: int = 0  # the sample's own seed for the trainer's per-sample randomness (noise, timestep, VAE sample)
 
 
 def crop_window(height: int, width: int, resolution: int, rng: np.random.Generator, random_crop: bool = True):

@@ -78,8 +78,9 @@ def test_default_job_learns_checkpoints_and_exports(tmp_path):
 
 
 def test_ddp_two_processes_resume_is_exact(tmp_path):
+    # With gradient accumulation on: N straight equals N/2 + resume + N/2.
     common = ["trainer.devices=2", "checkpoint.every_n_steps=6", "trainer.log_every_n_steps=1", "eval.at_start=false",
-              "eval.at_end=false", *SMALL]
+              "eval.at_end=false", "trainer.accumulate_grad_batches=2", *SMALL]
     straight, split = tmp_path / "straight", tmp_path / "split"
     fit(straight, "trainer.max_steps=12", *common)
     fit(split, "trainer.max_steps=6", *common)
@@ -88,14 +89,15 @@ def test_ddp_two_processes_resume_is_exact(tmp_path):
     assert_same_weights(straight / "brushnet", split / "brushnet", atol=1e-6)
     assert_same_weights(straight / "brushnet-ema", split / "brushnet-ema", atol=1e-6)
     a, b = loss_curve(straight), loss_curve(split)
-    assert sorted(a) == sorted(b) == list(range(12))
+    assert sorted(a) == sorted(b) == list(range(1, 13))  # the loss of the step that ends at global step k
     assert all(abs(a[s] - b[s]) < 1e-6 for s in a), (a, b)
 
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_on_cpu_trains_resumes_and_exports(tmp_path, stage):
     common = ["trainer.devices=2", "trainer.strategy=deepspeed", "deepspeed.allow_cpu=true", f"deepspeed.stage={stage}",
-              "checkpoint.every_n_steps=4", "trainer.log_every_n_steps=1", "eval.at_start=false", "eval.at_end=false", *SMALL]
+              "checkpoint.every_n_steps=4", "trainer.log_every_n_steps=1", "eval.at_start=false", "eval.at_end=false",
+              "trainer.accumulate_grad_batches=2", *SMALL]  # DeepSpeed's gradient_accumulation_steps
     straight, split = tmp_path / "straight", tmp_path / "split"
     fit(straight, "trainer.max_steps=8", *common)
     fit(split, "trainer.max_steps=4", *common)
@@ -111,6 +113,24 @@ def test_deepspeed_zero_on_cpu_trains_resumes_and_exports(tmp_path, stage):
     BrushNetModel.from_pretrained(tmp_path / "exported")
     trained = weights(split / "brushnet")
     assert any(torch.count_nonzero(v) for k, v in trained.items() if k.startswith("brushnet_")), "zero convs trained"
+    base = load_file(str(split / "base-tiny-sd15" / "unet" / WEIGHTS))  # the tied bias is saved and never trained
+    assert torch.equal(trained["conv_in_condition.bias"], base["conv_in.bias"])
+
+
+@pytest.mark.parametrize("strategy", [[], ["trainer.strategy=deepspeed", "deepspeed.allow_cpu=true", "deepspeed.stage=2"]],
+                         ids=["ddp", "zero2"])
+def test_accumulated_micro_batches_make_the_update_of_one_big_batch(tmp_path, strategy):
+    # 2 ranks: micro-batches of 1, 2 per step (DDP: no all-reduce on the first; ZeRO-2: DeepSpeed's
+    # gradient_accumulation_steps) == batches of 2. eps=1 keeps AdamW's first steps a smooth function of
+    # the gradient, so float noise in near-zero gradients cannot flip a step's sign.
+    common = ["trainer.devices=2", "trainer.max_steps=3", "checkpoint.every_n_steps=3", "eval.at_start=false",
+              "eval.at_end=false", "ema.enabled=false", "optim.eps=1.0", "data.num_workers=1", "trainer.log_every_n_steps=1",
+              *strategy, *SMALL]
+    fit(tmp_path / "whole", "data.batch_size=2", *common)
+    fit(tmp_path / "micro", "data.batch_size=1", "trainer.accumulate_grad_batches=2", *common)
+    assert_same_weights(tmp_path / "whole" / "brushnet", tmp_path / "micro" / "brushnet", atol=2e-6)
+    a, b = loss_curve(tmp_path / "whole"), loss_curve(tmp_path / "micro")
+    assert sorted(a) == sorted(b) == [1, 2, 3] and all(abs(a[s] - b[s]) < 1e-5 for s in a), (a, b)
 
 
 def test_killed_run_resumes_with_resume_auto(tmp_path):

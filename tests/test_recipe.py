@@ -80,3 +80,62 @@ def test_segmentation_mask_statistics_match_the_reference_in_the_crop():
     ours = _ours(height, width, 600, 5, masks=masks, invert_p=0.0)
     ref = _reference(height, width, 600, 6, masks=masks, random_mask=False, invert_p=0.0)
     _close(ours, ref)
+
+
+# ------------------------------------------------------------ the shipped recipes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The reference README's training commands (TencentARC/BrushNet at 0f9d9e5).
+REFERENCE_COMMANDS = {
+    "sd15_segmentation": dict(resolution=512, batch=2, accumulate=1, segmentation=1.0, brush=0.0),
+    "sd15_random": dict(resolution=512, batch=2, accumulate=1, segmentation=0.0, brush=1.0),
+    "sdxl_segmentation": dict(resolution=1024, batch=1, accumulate=4, segmentation=1.0, brush=0.0),
+    "sdxl_random": dict(resolution=1024, batch=1, accumulate=4, segmentation=0.0, brush=1.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_COMMANDS))
+def test_shipped_recipes_are_the_reference_commands(name):
+    from train.config import compose
+    from train.schema import FitConfig
+
+    cfg = compose(FitConfig, [ROOT / "configs" / f"{name}.yaml"])
+    ref = REFERENCE_COMMANDS[name]
+    o = cfg.optim
+    assert (o.lr, list(o.betas), o.weight_decay, o.eps, o.grad_clip) == (1e-5, [0.9, 0.999], 1e-2, 1e-8, 1.0)
+    assert (o.schedule, o.warmup_steps) == ("constant", 0)
+    assert cfg.data.caption_dropout == 0.0 and not cfg.ema.enabled and cfg.model.min_snr_gamma is None
+    assert (cfg.data.resolution, cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == (
+        ref["resolution"], ref["batch"], ref["accumulate"])
+    assert (cfg.data.mask.segmentation, cfg.data.mask.brush) == (ref["segmentation"], ref["brush"])
+    m = cfg.data.mask
+    assert (m.opening_p, m.opening_kernel, m.invert_p, m.space) == (0.3, 8, 0.5, "original")
+    assert (m.brush_min_strokes, m.brush_max_strokes, m.brush_max_segments, m.brush_width) == (0, 3, 7, 128)
+    assert cfg.model.tie_conv_in_bias and cfg.checkpoint.every_n_steps == 10000
+    assert ("sdxl" in name) == ("xl" in cfg.model.base)
+
+
+def test_the_extras_overlay_turns_on_our_improvements_only():
+    from train.config import compose
+    from train.schema import FitConfig
+
+    plain = compose(FitConfig, [ROOT / "configs/sd15_segmentation.yaml"])
+    extra = compose(FitConfig, [ROOT / "configs/sd15_segmentation.yaml", ROOT / "configs/brushtrain_extras.yaml"])
+    assert extra.ema.enabled and extra.model.min_snr_gamma == 5.0 and extra.optim.warmup_steps == 500
+    assert extra.data.caption_dropout == 0.05
+    assert extra.optim.lr == plain.optim.lr and extra.data.batch_size == plain.data.batch_size
+
+
+def test_print_config_shows_the_resolved_config_and_exits(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from train.cli import main
+
+    out = tmp_path / "never"
+    assert main(["fit", "-c", "sdxl_random", f"output_dir={out}", "data.shards=/data/x", "--print-config",
+                 "logging.entity=me"]) == 0
+    printed = OmegaConf.create(capsys.readouterr().out)
+    assert printed.trainer.accumulate_grad_batches == 4 and printed.data.mask.brush == 1.0
+    assert printed.data.shards == "/data/x" and printed.logging.entity == "me" and printed.output_dir == str(out)
+    assert not out.exists(), "nothing is written"

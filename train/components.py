@@ -7,6 +7,7 @@ returns the pooled embedding it needs (``None`` for SD1.5).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["BaseModel", "load_base", "encode_prompts", "tokenize", "encode_tokens", "vae_scale_factor", "sdxl_time_ids"]
+__all__ = ["BaseModel", "load_base", "load_vae", "encode_prompts", "tokenize", "encode_tokens", "vae_scale_factor", "sdxl_time_ids"]
 
 
 @dataclass
@@ -44,10 +45,24 @@ class BaseModel:
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
 
+    @property
+    def vae_upcast(self) -> bool:
+        """SDXL's VAE overflows in fp16: it stays in fp32 then (its config's ``force_upcast``, as diffusers'
+        SDXL pipelines do; an fp16-safe VAE given as ``model.vae`` says ``force_upcast: false``). SD1.5's VAE
+        runs in fp16 (the reference trains it so)."""
+        return self.is_sdxl and bool(getattr(self.vae.config, "force_upcast", False))
+
     def to(self, device=None, dtype: torch.dtype | None = None) -> "BaseModel":
         for module in self.modules():
-            module.to(device=device, dtype=dtype)
+            vae_dtype = torch.float32 if module is self.vae and dtype == torch.float16 and self.vae_upcast else dtype
+            module.to(device=device, dtype=vae_dtype)
         return self
+
+    def vae_context(self):
+        """Where the VAE runs: with autocast off when it was kept in fp32 (an fp16 autocast would undo that)."""
+        if self.vae.dtype == torch.float32 and self.vae_upcast:
+            return torch.autocast(self.vae.device.type, enabled=False)
+        return contextlib.nullcontext()
 
     def freeze(self) -> "BaseModel":
         """Eval mode and no gradients for every part."""
@@ -68,8 +83,21 @@ class BaseModel:
         (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def load_base(path_or_id: str | Path, dtype: torch.dtype | None = None, **hub_kwargs) -> BaseModel:
-    """Load a diffusers-layout SD1.5 or SDXL model from a local folder or a hub id."""
+def load_vae(path_or_id: str | Path, dtype: torch.dtype | None = None, **hub_kwargs):
+    """An ``AutoencoderKL`` from a VAE folder (config.json + weights), a model folder with ``vae/``, or a hub id."""
+    from diffusers import AutoencoderKL
+
+    src = str(path_or_id)
+    kw = dict(hub_kwargs, **({"torch_dtype": dtype} if dtype is not None else {}))
+    if (Path(src) / "vae").is_dir():
+        kw["subfolder"] = "vae"
+    return AutoencoderKL.from_pretrained(src, **kw)
+
+
+def load_base(path_or_id: str | Path, dtype: torch.dtype | None = None, vae: str | Path | None = None,
+              **hub_kwargs) -> BaseModel:
+    """Load a diffusers-layout SD1.5 or SDXL model from a local folder or a hub id; ``vae`` replaces its VAE
+    (e.g. an fp16-safe SDXL VAE)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -82,9 +110,9 @@ def load_base(path_or_id: str | Path, dtype: torch.dtype | None = None, **hub_kw
         kw["torch_dtype"] = dtype
     unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw)
     sdxl = unet.config.addition_embed_type == "text_time"
-    return BaseModel(
+    base = BaseModel(
         unet=unet,
-        vae=AutoencoderKL.from_pretrained(src, subfolder="vae", **kw),
+        vae=load_vae(vae, dtype) if vae else AutoencoderKL.from_pretrained(src, subfolder="vae", **kw),
         text_encoder=CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **_hf_kw(kw)),
         tokenizer=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **hub_kwargs),
         scheduler=DDPMScheduler.from_pretrained(src, subfolder="scheduler", **hub_kwargs),
@@ -93,6 +121,7 @@ def load_base(path_or_id: str | Path, dtype: torch.dtype | None = None, **hub_kw
         else None,
         tokenizer_2=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer_2", **hub_kwargs) if sdxl else None,
     )
+    return base.to(dtype=dtype) if dtype is not None else base  # (an fp16 SDXL VAE goes back to fp32)
 
 
 def _hf_kw(kw: dict) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class DemoConfig:
     seed: int = 0
     prompt: str = "a red ball on a table"
     negative_prompt: str = ""
-    guidance_scale: float = 7.5
+    guidance_scale: Optional[float] = None  # None: 7.5 for SD1.5, 5.0 for SDXL
     conditioning_scale: float = 1.0
     scheduler: str = "unipc"
     blend: bool = True

@@ -31,8 +31,9 @@ def group_of(name: str) -> str:
     return "embed"
 
 
-def _is_deepspeed_param(p: nn.Parameter) -> bool:
-    return hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")
+def _trainable(module: nn.Module):
+    """The parameters the optimizer owns (a frozen one, like the tied conv_in_condition bias, never changes)."""
+    return [(name, p) for name, p in module.named_parameters() if p.requires_grad]
 
 
 def _full(p: nn.Parameter, what: str, deepspeed: bool) -> torch.Tensor | None:
@@ -46,7 +47,7 @@ def _full(p: nn.Parameter, what: str, deepspeed: bool) -> torch.Tensor | None:
 def grad_norms(module: nn.Module, deepspeed: bool = False) -> dict[str, float]:
     """L2 norm of the gradients per group, and overall (after backward, before the optimizer step)."""
     sums = dict.fromkeys(GROUPS, 0.0)
-    for name, p in module.named_parameters():
+    for name, p in _trainable(module):
         g = _full(p, "grad", deepspeed)
         if g is not None:
             sums[group_of(name)] += float(g.detach().float().pow(2).sum())
@@ -63,14 +64,14 @@ class ParamChange:
         self.initial: dict[str, torch.Tensor] = {}
 
     def snapshot(self, module: nn.Module, deepspeed: bool = False) -> None:
-        for name, p in module.named_parameters():
+        for name, p in _trainable(module):
             full = _full(p, "param", deepspeed)
             if self.keep:
                 self.initial[name] = full.detach().float().cpu().clone()
 
     def measure(self, module: nn.Module, deepspeed: bool = False) -> dict[str, float]:
         diff, base = dict.fromkeys(GROUPS, 0.0), dict.fromkeys(GROUPS, 0.0)
-        for name, p in module.named_parameters():
+        for name, p in _trainable(module):
             full = _full(p, "param", deepspeed)
             if not self.keep:
                 continue

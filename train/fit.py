@@ -3,6 +3,7 @@
   brushtrain fit                                       # the default job: configs/tiny_cpu.yaml
   brushtrain fit -c configs/sd15_segmentation.yaml trainer.devices=8 data.batch_size=4
   brushtrain fit -c configs/sd15_segmentation.yaml -c configs/deepspeed/zero2.yaml resume=auto
+  brushtrain fit -c configs/sdxl_random.yaml --print-config        # what a run will use, then exit
 
 Config files are merged in order over the defaults (train/schema.py), then
 ``key=value`` overrides; launchers (torchrun, fabric run, srun) set
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", action="append", default=[], metavar="YAML",
                         help=f"config file(s), merged in order (default: {DEFAULT_CONFIG.relative_to(CONFIG_DIR.parent)})")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, applied last")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (files, overrides and launcher settings; secrets redacted) "
+                             "as YAML and exit")
 
 
 def _config_path(name: str) -> Path:
@@ -209,15 +213,18 @@ def _quiet_libraries() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _quiet_libraries()
     cfg, launch = load_fit_config(args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    _quiet_libraries()
     _check(cfg)
     _check_shards(cfg)  # before writing anything (synthetic dirs are not in data.shards)
     _prepare_files(cfg, launch)
     return train(cfg, launch)
 
 
-def _callbacks(cfg, out: Path, module, base, branch, data_cfg) -> list:
+def _callbacks(cfg, out: Path, base, branch, data_cfg) -> list:
     """Checkpoints, held-out eval, export, metrics, progress and samples, in the order they must run."""
     from data.shards import shard_specs
 
@@ -245,8 +252,6 @@ def _callbacks(cfg, out: Path, module, base, branch, data_cfg) -> list:
     flops = training_flops_per_sample(base, branch, cfg.data.resolution)["total"]
     metrics = TrainingMetrics(every, flops_per_sample=flops, peak_override=cfg.metrics.peak_tflops)
     callbacks += [metrics, StepProgress(cfg.trainer.max_steps, every, bar=cfg.trainer.progress_bar, metrics=metrics)]
-    if cfg.metrics.diagnostics:
-        module.diagnostics_every = every
     if cfg.samples.enabled:
         callbacks.append(SampleGrids(cfg.samples, out / "samples", data_cfg=data_cfg))
     # Metrics time the training step before the other callbacks run, and everything else up to here.
@@ -289,15 +294,18 @@ def train(cfg, launch) -> int:
     out = Path(cfg.output_dir)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     base_path = _generated_path(cfg) if _generated(cfg.model.base) else cfg.model.base
-    base = load_base(base_path, **({"revision": cfg.model.revision} if cfg.model.revision else {}))
+    base = load_base(base_path, vae=cfg.model.vae, **({"revision": cfg.model.revision} if cfg.model.revision else {}))
     branch = BrushNetModel.from_pretrained(cfg.model.brushnet) if cfg.model.brushnet else BrushNetModel.from_unet(base.unet)
 
     accelerator, devices, n_local = _devices(cfg)
     strategy = build_strategy(cfg, "cpu" if accelerator == "cpu" else "gpu", n_local * cfg.trainer.num_nodes)
-    module = BrushNetModule(base, branch, cfg.model, cfg.optim, cfg.ema, max_steps=cfg.trainer.max_steps,
-                            seed=cfg.trainer.seed, deepspeed_cfg=cfg.deepspeed)
-    if cfg.debug.record_keys:
-        module.record_keys_to = str(out / "consumed")
+    module = BrushNetModule(
+        base, branch, cfg.model, cfg.optim, cfg.ema, max_steps=cfg.trainer.max_steps, seed=cfg.trainer.seed,
+        deepspeed_cfg=cfg.deepspeed, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        freeze_conv_in_bias=cfg.model.tie_conv_in_bias and not cfg.model.brushnet,
+        diagnostics_every=cfg.trainer.log_every_n_steps if cfg.metrics.diagnostics else 0,
+        record_keys_to=str(out / "consumed") if cfg.debug.record_keys else None,
+    )
     data_cfg = _data_config(cfg)
     plugins = []
     if launch.launcher == "slurm":
@@ -308,7 +316,7 @@ def train(cfg, launch) -> int:
         accelerator=accelerator, devices=devices, num_nodes=cfg.trainer.num_nodes, strategy=strategy,
         precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps, max_epochs=-1,
         logger=build_loggers(cfg, out, to_public_dict(cfg), launch.is_rank_zero) or False,
-        callbacks=_callbacks(cfg, out, module, base, branch, data_cfg), enable_checkpointing=False,
+        callbacks=_callbacks(cfg, out, base, branch, data_cfg), enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=cfg.trainer.log_every_n_steps,
         default_root_dir=out, num_sanity_val_steps=0, limit_val_batches=0, plugins=plugins or None,
     )

@@ -2,7 +2,10 @@
 
 Every ``every_n_steps`` optimizer steps, over the window since the last report:
 
-* ``train/loss_smoothed`` (exponential smoothing of the raw ``train/loss``),
+* the module's metrics of the last optimizer step (``train/loss``: the mean over its
+  micro-batches on rank 0; ``train/lr``, ``train/grad_norm``, ``train/skipped_steps``;
+  fp16: ``train/loss_scale``, ``train/overflow_steps``) and ``train/loss_smoothed``
+  (exponential smoothing of ``train/loss`` over every step),
 * ``time/step_s``, ``time/data_wait_s``, ``time/compute_s``, ``time/other_s`` and
   ``time/data_wait_fraction``: the wall time per step split into waiting for the
   batch, the training step itself, and the rest (checkpoints, samples, eval:
@@ -16,8 +19,10 @@ Every ``every_n_steps`` optimizer steps, over the window since the last report:
 * ``data/good``, ``data/bad``, ``data/bad/<reason>``, ``data/pad_batches`` (all ranks)
   and ``train/skipped_steps``.
 
-Pad batches (weight 0) count as steps but not as samples. The clock is
-injectable so tests can drive it.
+Per-step times are per *optimizer* step: with gradient accumulation a step is
+several micro-batches (``time/micro_batches_per_step``), all of whose samples
+count. Pad batches (weight 0) count as batches but not as samples. The clock
+is injectable so tests can drive it.
 """
 
 from __future__ import annotations
@@ -49,9 +54,10 @@ class TrainingMetrics(Callback):
         self._step_end: float | None = None  # the training step itself ended
         self._batch_start: float | None = None
         self._last_reported_step = -1
+        self._last_step: int | None = None
 
     def _reset_window(self) -> None:
-        self.window = {"data_wait": 0.0, "compute": 0.0, "other": 0.0, "samples": 0.0, "steps": 0}
+        self.window = {"data_wait": 0.0, "compute": 0.0, "other": 0.0, "samples": 0.0, "steps": 0, "batches": 0}
 
     def end_marker(self) -> Callback:
         """A callback to put last: it times what the callbacks between it and this one did."""
@@ -70,6 +76,7 @@ class TrainingMetrics(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._last_end = self.clock()
+        self._last_step = trainer.global_step
         if self.peak_tflops is None:
             from .flops import peak_tflops
 
@@ -91,13 +98,22 @@ class TrainingMetrics(Callback):
             self.window["compute"] += now - self._batch_start
         self._last_end = self._step_end = now
         self.window["samples"] += float(batch["weight"].sum()) if "weight" in batch else len(batch["key"])
-        self.window["steps"] += 1
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and torch.is_tensor(loss) and torch.isfinite(loss):
-            value = float(loss)
+        self.window["batches"] += 1
+        step = trainer.global_step
+        if self._last_step is None:
+            self._last_step = step - 1
+        stepped = step != self._last_step
+        self.window["steps"] += step - self._last_step  # 0 for a micro-batch inside an accumulation window
+        self._last_step = step
+        step_metrics = getattr(pl_module, "step_metrics", None)
+        if step_metrics is not None:  # the module's loss of the optimizer step just made
+            value = step_metrics.get("train/loss") if stepped else None
+        else:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            value = float(loss) if loss is not None and torch.is_tensor(loss) and torch.isfinite(loss) else None
+        if value is not None:
             self.loss_smoothed = value if self.loss_smoothed is None else (
                 self.smoothing * self.loss_smoothed + (1 - self.smoothing) * value)
-        step = trainer.global_step
         if step % self.every == 0 and step != self._last_reported_step and self.window["steps"]:
             self._last_reported_step = step
             self.report(trainer, pl_module)
@@ -114,6 +130,7 @@ class TrainingMetrics(Callback):
             "time/compute_s": w["compute"] / w["steps"],
             "time/other_s": w["other"] / w["steps"],
             "time/data_wait_fraction": w["data_wait"] / elapsed if elapsed else 0.0,
+            "time/micro_batches_per_step": w["batches"] / w["steps"],
         }
         if elapsed > 0:
             per_gpu = w["samples"] / elapsed
@@ -142,6 +159,7 @@ class TrainingMetrics(Callback):
             metrics["memory/max_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
             torch.cuda.reset_peak_memory_stats(device)
         metrics.update(self._data_counters(trainer, device))
+        metrics.update(getattr(pl_module, "step_metrics", None) or {})
         metrics["train/skipped_steps"] = float(getattr(pl_module, "skipped_steps", 0))
         metrics.update(getattr(pl_module, "diagnostics", {}) or {})
         self.last = metrics

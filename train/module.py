@@ -6,10 +6,20 @@ in checkpoints; the frozen UNet, VAE and text encoders are moved to the device
 and cast to ``model.frozen_dtype`` here, kept in eval mode with no gradients,
 and reloaded from ``model.base`` on resume.
 
-Randomness per step (VAE posterior sample, noise, timesteps) comes from a
-generator seeded by ``(seed, rank, step)``, so a resumed run draws exactly what
-an uninterrupted one would. The learning rate is a function of the step for the
-same reason.
+Randomness per sample (VAE posterior samples, noise, timestep) comes from a
+generator seeded by ``(seed, the sample's own seed)``; the data stream gives
+every sample a seed from ``(data seed, epoch, shard, record)``. So a resumed run
+draws exactly what an uninterrupted one would, and a sample gets the same noise
+whatever batch, micro-batch or rank it lands in (4 micro-batches of 1 make the
+same update as one batch of 4). The learning rate is a function of the
+optimizer step for the same reason.
+
+Gradient accumulation (``accumulate_grad_batches`` = N): each optimizer step
+sums the gradients of N micro-batches (each loss divided by N; DeepSpeed does
+that division itself); under DDP only the last micro-batch all-reduces. Only
+whole optimizer steps count: ``global_step``, the LR, clipping (of the unscaled,
+accumulated gradient, in :meth:`on_before_optimizer_step`), the non-finite
+check, EMA, checkpoints and preemption (:attr:`at_step_boundary`).
 """
 
 from __future__ import annotations
@@ -41,16 +51,36 @@ class NonFiniteError(RuntimeError):
     """Too many optimizer steps in a row were skipped for a non-finite loss or gradient."""
 
 
+def _loss_scale(engine) -> float | None:
+    """DeepSpeed's current fp16 loss scale (None when it does not scale: bf16, fp32)."""
+    if not engine.fp16_enabled():
+        return None
+    scale = getattr(engine.optimizer, "cur_scale", None)
+    if scale is None:
+        scale = getattr(getattr(engine.optimizer, "loss_scaler", None), "cur_scale", None)
+    return float(scale) if scale is not None else None
+
+
 class BrushNetModule(L.LightningModule):
     def __init__(self, base: BaseModel, branch: BrushNetModel, model_cfg, optim_cfg, ema_cfg, max_steps: int,
-                 seed: int = 0, deepspeed_cfg=None):
+                 seed: int = 0, deepspeed_cfg=None, accumulate_grad_batches: int = 1, freeze_conv_in_bias: bool = False,
+                 diagnostics_every: int = 0, record_keys_to: str | None = None):
+        """``freeze_conv_in_bias``: the branch's ``conv_in_condition.bias`` does not train (the reference ties it
+        to the frozen UNet's ``conv_in.bias``: right for a branch made by ``from_unet``). ``diagnostics_every``
+        > 0: gradient norms and weight change per block group every N steps. ``record_keys_to``: a folder for
+        the keys of every trained sample (debugging data coverage)."""
         super().__init__()
         self.automatic_optimization = False
         self.brushnet = branch
+        if freeze_conv_in_bias:
+            self.brushnet.conv_in_condition.bias.requires_grad_(False)
         object.__setattr__(self, "base", base.freeze())  # not a submodule: frozen, not checkpointed
         self.model_cfg, self.optim_cfg, self.ema_cfg, self.deepspeed_cfg = model_cfg, optim_cfg, ema_cfg, deepspeed_cfg
         self.max_steps = max_steps
         self.seed = seed
+        if accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+        self.accumulate_grad_batches = int(accumulate_grad_batches)
         self.frozen_dtype = DTYPES[model_cfg.frozen_dtype]
         from diffusers import DDPMScheduler
 
@@ -62,19 +92,40 @@ class BrushNetModule(L.LightningModule):
         self.brushnet.train()
         self.ema: BranchEMA | None = None
         self._ema_state: dict | None = None
-        self.diagnostics_every = 0  # > 0: gradient norms / weight change per block group every N steps
+        self.diagnostics_every = diagnostics_every
         self.param_change: ParamChange | None = None
         self.diagnostics: dict = {}
         self.skipped_steps = 0
         self.nonfinite_in_a_row = 0
+        self.overflow_steps = 0  # fp16: steps the loss scaler skipped while finding its scale
         self.preempted = False  # set by the preemption handler: no eval/export at the end
-        self.record_keys_to: str | None = None  # debug: a folder for the keys of every trained sample
+        self.record_keys_to = record_keys_to
+        # The accumulation window: micro-batches done in it, their losses, whether one was non-finite.
+        self._micro = 0
+        self._window_losses: list[torch.Tensor] = []
+        self._window_bad_loss = False
+        self._report_diagnostics = False
+        self._grad_norm = float("nan")
+        self._grad_nonfinite = False
+        self.step_metrics: dict = {}  # train/loss (mean over the window's micro-batches), lr, grad norm, ...
 
     # ------------------------------------------------------------ set-up
 
     @property
     def uses_deepspeed(self) -> bool:
         return self._trainer is not None and type(self.trainer.strategy).__name__.endswith("DeepSpeedStrategy")
+
+    @property
+    def at_step_boundary(self) -> bool:
+        """No accumulation window is open: the last micro-batch finished an optimizer step (or none ran yet).
+        Checkpoints and preemption act only here."""
+        return self._micro == 0
+
+    def _scaler(self):
+        """Lightning's fp16 GradScaler (trainer.precision=16-mixed without DeepSpeed), else None."""
+        if self._trainer is None:
+            return None
+        return getattr(self.trainer.precision_plugin, "scaler", None)
 
     def on_fit_start(self) -> None:
         self.base.to(self.device, dtype=self.frozen_dtype).freeze()
@@ -98,12 +149,14 @@ class BrushNetModule(L.LightningModule):
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "skipped_steps": self.skipped_steps,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "overflow_steps": self.overflow_steps,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("brushtrain") or {}
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        self.overflow_steps = int(state.get("overflow_steps", 0))
         if state.get("ema") is not None:
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
@@ -116,6 +169,10 @@ class BrushNetModule(L.LightningModule):
         seed = int(np.random.SeedSequence([self.seed, *key]).generate_state(1, dtype=np.uint64)[0] >> 1)
         return torch.Generator(device=self.device).manual_seed(seed)
 
+    def _sample_generators(self, batch: dict) -> list[torch.Generator]:
+        """One generator per sample, from the sample's own seed (see the module docstring)."""
+        return [self._generator(0x5A3, int(s)) for s in batch["sample_seed"].tolist()]
+
     def _autocast(self):
         """Mixed precision for the frozen + branch forward: Lightning's (if it set one), the trainer's
         precision, else the frozen parts' dtype when that is half (fp32 branch, bf16 UNet)."""
@@ -127,10 +184,16 @@ class BrushNetModule(L.LightningModule):
         return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     @torch.no_grad()
-    def _encode(self, batch: dict, generator: torch.Generator):
-        """Batch -> (latents, brushnet_cond, prompt embeddings, added_cond_kwargs or None)."""
+    def _encode(self, batch: dict, generator: torch.Generator | list[torch.Generator]):
+        """Batch -> (latents, brushnet_cond, prompt embeddings, added_cond_kwargs or None).
+
+        ``generator``: one for the batch, or one per sample (each draws its image's posterior sample, then
+        its masked image's)."""
         x = model_inputs(batch, self.device, self.frozen_dtype)
-        both = vae_encode(self.base.vae, torch.cat([x["pixels"], x["masked_pixels"]]), generator)
+        if isinstance(generator, list):
+            generator = generator + generator
+        with self.base.vae_context():
+            both = vae_encode(self.base.vae, torch.cat([x["pixels"], x["masked_pixels"]]), generator)
         latents, masked_latents = both.float().chunk(2)
         cond = make_conditioning(masked_latents, x["keep_mask"])
         embeds, pooled = encode_prompts(self.base, batch["caption"])
@@ -149,12 +212,12 @@ class BrushNetModule(L.LightningModule):
 
     # ------------------------------------------------------------- training
 
-    def compute_loss(self, batch: dict, step: int) -> torch.Tensor:
-        g = self._generator(self.global_rank, step)
-        latents, cond, embeds, added = self._encode(batch, g)
-        noise = torch.randn(latents.shape, generator=g, device=self.device)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=g, device=self.device)
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        gens = self._sample_generators(batch)
+        latents, cond, embeds, added = self._encode(batch, gens)
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=g, device=self.device) for g in gens])
+        n_train = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.cat([torch.randint(0, n_train, (1,), generator=g, device=self.device) for g in gens])
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = training_target(self.noise_scheduler, latents, noise, timesteps, self.prediction_type)
         pred = self._predict(noisy, timesteps, embeds, cond, added, self.model_cfg.conditioning_scale)
@@ -177,21 +240,56 @@ class BrushNetModule(L.LightningModule):
                 f"`brushtrain data validate`, or train with more precision (trainer.precision=32-true)."
             )
 
-    def _step_optimizer(self, opt) -> tuple[bool, float]:
-        """(applied, gradient norm). DeepSpeed clips and skips non-finite steps itself."""
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Lightning calls this inside ``opt.step()``, after unscaling fp16 gradients and before the update:
+        the one place where the accumulated gradient is what the optimizer will apply. Clip it here; a
+        non-finite norm empties the gradients, so the optimizer changes nothing (the fp16 scaler, which
+        found the same infs, skips the step and lowers its scale). DeepSpeed clips and checks itself."""
         if self.uses_deepspeed:
-            opt.step()
+            return
+        scaler = self._scaler()
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            scaler.unscale_(optimizer)  # fused AdamW unscales inside its step, after us: unscale here instead
+        params = [p for p in self.brushnet.parameters() if p.grad is not None]
+        if self._report_diagnostics:
+            self.diagnostics = grad_norms(self.brushnet)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip or float("inf"))
+        self._grad_norm = float(norm)
+        self._grad_nonfinite = not math.isfinite(self._grad_norm)
+        if self._grad_nonfinite:  # DDP grads are all-reduced: every rank decides the same
+            for p in params:
+                p.grad = None
+
+    def _optimizer_step(self, opt) -> tuple[str, float]:
+        """One optimizer step at the end of a window: ("applied" | "skipped" | "overflow", gradient norm).
+
+        "overflow": fp16 loss scaling skipped the step while the scale was above ``optim.min_loss_scale``
+        (the scaler finding its scale, not a non-finite step)."""
+        self._grad_norm, self._grad_nonfinite = float("nan"), False
+        if self._window_bad_loss and not self.uses_deepspeed:
+            opt.zero_grad(set_to_none=True)  # nothing to apply; the step still counts, as a skipped one
+        if self.uses_deepspeed:
             engine = self.trainer.strategy.deepspeed_engine
+            scale = _loss_scale(engine)
+            opt.step()  # DeepSpeed clips, and skips steps with non-finite gradients itself
             norm = engine.get_global_grad_norm()
-            return bool(engine.was_step_applied()), float(norm) if norm is not None else float("nan")
-        clip = self.optim_cfg.grad_clip or float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.brushnet.parameters(), clip)
-        if not torch.isfinite(norm):  # DDP grads are already all-reduced: every rank decides the same
-            opt.zero_grad(set_to_none=True)
-            return False, float(norm)
+            norm = float(norm) if norm is not None else float("nan")
+            if engine.was_step_applied():
+                return "applied", norm
+            return ("overflow" if scale is not None and scale > self.optim_cfg.min_loss_scale else "skipped"), norm
+        scaler = self._scaler()
+        scale = scaler.get_scale() if scaler is not None else None
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return True, float(norm)
+        if scaler is not None and scaler.get_scale() < scale:  # the scaler found infs and skipped the step
+            if scaler.get_scale() < self.optim_cfg.min_loss_scale:
+                scaler.update(new_scale=float(self.optim_cfg.min_loss_scale))  # the floor
+            if scale > self.optim_cfg.min_loss_scale and not self._window_bad_loss:
+                return "overflow", self._grad_norm
+            return "skipped", self._grad_norm
+        if self._window_bad_loss or self._grad_nonfinite:
+            return "skipped", self._grad_norm
+        return "applied", self._grad_norm
 
     def training_step(self, batch: dict, batch_idx: int):
         opt = self.optimizers()
@@ -199,33 +297,57 @@ class BrushNetModule(L.LightningModule):
         lr = lr_at(step, self.optim_cfg, self.max_steps)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = self.compute_loss(batch, step)
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
-        if not finite:
-            opt.zero_grad(set_to_none=True)
-            self._skip("non-finite loss")
-            return None
-        if self.record_keys_to:
-            self._record_keys(batch, step)
-        self.manual_backward(loss)
-        report = self.diagnostics_every and (step + 1) % self.diagnostics_every == 0
-        if report:
-            self.diagnostics = grad_norms(self.brushnet, deepspeed=self.uses_deepspeed)
-        applied, grad_norm = self._step_optimizer(opt)
-        if report and self.param_change is not None:
-            self.diagnostics.update(self.param_change.measure(self.brushnet, deepspeed=self.uses_deepspeed))
-        if not applied:
-            self._skip("non-finite gradient")
-        else:
+        n = self.accumulate_grad_batches
+        boundary = self._micro + 1 == n
+        deepspeed = self.uses_deepspeed
+        # DDP: gradients are all-reduced only in the window's last backward (Lightning's toggle_model).
+        sync = contextlib.nullcontext() if deepspeed or n == 1 else opt.toggle_model(sync_grad=boundary)
+        with sync:
+            loss = self.compute_loss(batch)
+            if deepspeed:  # NaN gradients reach DeepSpeed, which skips the step at the boundary
+                finite = bool(torch.isfinite(loss))
+            else:
+                finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+            if finite or deepspeed:
+                if self.record_keys_to and finite:
+                    self._record_keys(batch, step)
+                self.manual_backward(loss if deepspeed or n == 1 else loss / n)
+        self._window_bad_loss |= not finite
+        self._window_losses.append(loss.detach())
+        if not boundary:
+            self._micro += 1
+            if deepspeed:
+                self.trainer.strategy.deepspeed_engine.step()  # counts the micro-step; applies nothing yet
+            return loss.detach()
+
+        self._report_diagnostics = bool(self.diagnostics_every) and (step + 1) % self.diagnostics_every == 0
+        if self._report_diagnostics and deepspeed:
+            self.diagnostics = grad_norms(self.brushnet, deepspeed=True)
+        outcome, grad_norm = self._optimizer_step(opt)
+        if self._report_diagnostics and self.param_change is not None:
+            self.diagnostics.update(self.param_change.measure(self.brushnet, deepspeed=deepspeed))
+        window_loss = torch.stack(self._window_losses).mean()
+        bad_loss = self._window_bad_loss
+        self._micro, self._window_losses, self._window_bad_loss = 0, [], False
+        if outcome == "applied":
             self.nonfinite_in_a_row = 0
             if self.ema is not None and (self.global_step % self.ema_cfg.every == 0):
                 self.ema.update(self.brushnet)
-        self.log("train/loss", loss.detach(), prog_bar=True)
-        self.log("train/lr", lr)
+        elif outcome == "overflow":
+            self.overflow_steps += 1
+        else:
+            self._skip("non-finite loss" if bad_loss else "non-finite gradient")
+        # Logged by the metrics callback at the optimizer step (Lightning's self.log would count micro-batches).
+        metrics = {"train/lr": lr, "train/skipped_steps": float(self.skipped_steps)}
+        if torch.isfinite(window_loss):
+            metrics["train/loss"] = float(window_loss)
         if math.isfinite(grad_norm):
-            self.log("train/grad_norm", grad_norm)
-        self.log("train/skipped_steps", float(self.skipped_steps))
-        return loss.detach()
+            metrics["train/grad_norm"] = grad_norm
+        scaler = self._scaler()
+        if scaler is not None:
+            metrics.update({"train/loss_scale": float(scaler.get_scale()), "train/overflow_steps": float(self.overflow_steps)})
+        self.step_metrics = metrics
+        return window_loss
 
     def _record_keys(self, batch: dict, step: int) -> None:
         import os

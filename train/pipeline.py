@@ -30,6 +30,7 @@ from .injection import brushnet_unet_forward
 
 __all__ = [
     "SCHEDULERS",
+    "default_guidance",
     "BrushNetInpaintPipeline",
     "make_scheduler",
     "hole_from_user_mask",
@@ -51,6 +52,11 @@ SCHEDULERS = {
     "euler_a": "EulerAncestralDiscreteScheduler",
     "dpmpp": "DPMSolverMultistepScheduler",
 }
+
+
+def default_guidance(base: BaseModel) -> float:
+    """The reference pipelines' classifier-free guidance default: 7.5 for SD1.5, 5.0 for SDXL."""
+    return 5.0 if base.is_sdxl else 7.5
 
 
 def make_scheduler(name_or_scheduler, base_config):
@@ -215,7 +221,7 @@ class BrushNetInpaintPipeline:
         prompt: str | Sequence[str],
         negative_prompt: str | Sequence[str] = "",
         num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float | None = None,
         conditioning_scale: float = 1.0,
         generator: torch.Generator | None = None,
         blend: bool = True,
@@ -224,6 +230,8 @@ class BrushNetInpaintPipeline:
         output_type: str = "pil",
     ):
         """Inpaint; returns a list of PIL images or, with ``output_type="np"``, (B, H, W, 3) uint8.
+
+        ``guidance_scale`` None: the reference pipelines' default (7.5 for SD1.5, 5.0 for SDXL).
 
         The images are worked on at the largest size below theirs that the VAE
         divides (multiples of 8 for SD), and the result is resized back to the
@@ -245,6 +253,8 @@ class BrushNetInpaintPipeline:
         if min(work) == 0:
             raise ValueError(f"image {height}x{width} is smaller than the VAE's factor {f}")
 
+        if guidance_scale is None:
+            guidance_scale = default_guidance(self.base)
         cfg = guidance_scale > 1.0
         embeds, pooled = self._prompt_embeddings(prompts, negatives, cfg)
         dtype, device = self.dtype, self.device
@@ -255,7 +265,8 @@ class BrushNetInpaintPipeline:
         hole = F.interpolate(hole, size=work, mode="nearest") if hole.shape[-2:] != work else hole
         keep = keep_from_hole(hole)
         masked = (pixels * keep) * 2.0 - 1.0
-        cond = make_conditioning(vae_encode(self.base.vae, masked.to(dtype), generator), keep).to(dtype)
+        with self.base.vae_context():
+            cond = make_conditioning(vae_encode(self.base.vae, masked, generator), keep).to(dtype)
 
         added = None
         if self.base.is_sdxl:
@@ -284,7 +295,8 @@ class BrushNetInpaintPipeline:
 
         vae = self.base.vae
         shift = getattr(vae.config, "shift_factor", None) or 0.0
-        decoded = vae.decode(latents / vae.config.scaling_factor + shift, return_dict=False)[0]
+        with self.base.vae_context():
+            decoded = vae.decode((latents / vae.config.scaling_factor + shift).to(vae.dtype), return_dict=False)[0]
         decoded = ((decoded.float() + 1) / 2).clamp(0, 1)
         if decoded.shape[-2:] != (height, width):
             decoded = F.interpolate(decoded, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)

@@ -63,6 +63,8 @@ class PreemptionHandler(Callback):
         return int(trainer.strategy.reduce(flag, reduce_op="max").item())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not getattr(pl_module, "at_step_boundary", True):
+            return  # inside a gradient-accumulation window (the same on every rank): wait for its end
         decision = self._agreed(trainer, pl_module)
         if not decision:
             return

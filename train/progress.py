@@ -33,6 +33,7 @@ class StepProgress(Callback):
         self.clock = clock
         self._tqdm = None
         self._start: tuple[float, int] | None = None
+        self._last_line_step = -1
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._start = (self.clock(), trainer.global_step)
@@ -42,8 +43,11 @@ class StepProgress(Callback):
             self._tqdm = tqdm(total=self.max_steps, initial=trainer.global_step, unit="step", dynamic_ncols=True,
                               desc="train")
 
-    def _loss(self, trainer) -> float | None:
-        value = trainer.callback_metrics.get("train/loss")
+    def _loss(self, trainer, pl_module=None) -> float | None:
+        """The last optimizer step's loss (the module's), else what Lightning has logged."""
+        value = (getattr(pl_module, "step_metrics", None) or {}).get("train/loss")
+        if value is None:
+            value = trainer.callback_metrics.get("train/loss")
         return float(value) if value is not None else None
 
     def line(self, step: int, now: float, loss: float | None, last: dict) -> str:
@@ -71,11 +75,12 @@ class StepProgress(Callback):
         last = self.metrics.last if self.metrics is not None else {}
         if self._tqdm is not None:
             self._tqdm.update(step - self._tqdm.n)
-            loss = self._loss(trainer)
+            loss = self._loss(trainer, pl_module)
             if loss is not None:
                 self._tqdm.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        elif step % self.every == 0:
-            print(self.line(step, self.clock(), self._loss(trainer), last), file=self.stream, flush=True)
+        elif step % self.every == 0 and step != self._last_line_step:  # once per step, not per micro-batch
+            self._last_line_step = step
+            print(self.line(step, self.clock(), self._loss(trainer, pl_module), last), file=self.stream, flush=True)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._tqdm is not None:

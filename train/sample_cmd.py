@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", help="also write input | mask | masked input | result here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale (default: 7.5 for SD1.5, 5.0 for SDXL, as the reference)")
     parser.add_argument("--scale", type=float, default=1.0, help="conditioning_scale of the branch (0 = branch off)")
     parser.add_argument("--scheduler", default="unipc", help="unipc, ddim, ddpm, pndm, euler, euler_a, dpmpp or a class name")
     parser.add_argument("--no-blend", action="store_true", help="skip the blurred-mask paste-back")

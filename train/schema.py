@@ -27,7 +27,13 @@ class ModelConfig:
     base: str = "???"
     revision: Optional[str] = None  # hub revision of `base`
     brushnet: Optional[str] = None  # start from this branch folder (ours or a reference release); else from_unet
-    frozen_dtype: str = "bf16"  # dtype of the frozen UNet, VAE and text encoders: bf16 | fp16 | fp32
+    vae: Optional[str] = None  # replace the base's VAE (a VAE folder or hub id), e.g. an fp16-safe SDXL VAE
+    # A branch made from the UNet keeps conv_in_condition.bias equal to the UNet's conv_in.bias and never trains
+    # it, as the reference does (it ties the two); a branch loaded from model.brushnet trains it.
+    tie_conv_in_bias: bool = True
+    # dtype of the frozen UNet, VAE and text encoders: bf16 | fp16 | fp32. With fp16, SDXL's VAE stays in fp32
+    # (it overflows in fp16; its config says force_upcast) unless model.vae is an fp16-safe one.
+    frozen_dtype: str = "bf16"
     gradient_checkpointing: bool = False  # on the branch and the frozen UNet
     prediction_type: Optional[str] = None  # epsilon | v_prediction; default: the base's scheduler config
     min_snr_gamma: Optional[float] = None  # min-SNR loss weighting (e.g. 5.0); None = plain MSE
@@ -43,8 +49,11 @@ class OptimConfig:
     schedule: str = "constant"  # constant | cosine (after warmup; cosine decays to min_lr_ratio * lr at max_steps)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    grad_clip: float = 1.0  # max gradient norm (of the unscaled, accumulated gradient); 0 = off
     max_nonfinite_in_a_row: int = 10  # stop after this many skipped steps in a row
+    # trainer.precision=16-mixed: steps skipped for overflow while the loss scale is above this floor are the
+    # scaler finding its scale (counted as train/overflow_steps, not as non-finite); at the floor they count.
+    min_loss_scale: float = 1.0
 
 
 @dataclass
@@ -72,7 +81,11 @@ class TrainerConfig:
     devices: Any = "auto"  # processes per node: an int, or auto (all GPUs, 1 on CPU)
     num_nodes: int = 1
     strategy: str = "auto"  # auto (DDP when >1 process) | ddp | deepspeed (see the deepspeed section)
-    precision: str = "bf16-mixed"  # bf16-mixed | 16-mixed | 32-true
+    precision: str = "bf16-mixed"  # bf16-mixed | 16-mixed (the reference's fp16, loss-scaled) | 32-true
+    # Micro-batches per optimizer step (Lightning's name). Under DDP only the last one all-reduces; under
+    # DeepSpeed it is its gradient_accumulation_steps. Steps, LR, EMA, checkpoints and clipping count
+    # optimizer steps; data.batch_size stays the per-process micro-batch.
+    accumulate_grad_batches: int = 1
     seed: int = 0
     log_every_n_steps: int = 10
     progress_bar: Optional[bool] = None  # None: a bar on a terminal, log lines otherwise
@@ -131,7 +144,7 @@ class SamplesConfig:
     folder: Optional[str] = None  # source=folder: STEM.jpg + STEM_mask.png (white = paint) + STEM.txt
     count: int = 4
     steps: int = 25
-    guidance_scale: float = 7.5
+    guidance_scale: Optional[float] = None  # None: the pipeline's default, 7.5 for SD1.5 and 5.0 for SDXL
     scheduler: str = "unipc"
     seed: int = 0
 

@@ -15,10 +15,28 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from .config import ConfigError
 
-__all__ = ["build_strategy", "deepspeed_config", "deepspeed_problem", "CPUDeepSpeedStrategy"]
+__all__ = ["build_strategy", "deepspeed_config", "deepspeed_problem", "BrushDeepSpeedStrategy", "CPUDeepSpeedStrategy"]
 
 
-class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+class BrushDeepSpeedStrategy(DeepSpeedStrategy):
+    """Lightning's DeepSpeed strategy with DeepSpeed's own gradient accumulation.
+
+    Lightning takes ``gradient_accumulation_steps`` from ``Trainer(accumulate_grad_batches=...)``, which
+    manual optimization (ours) may not use; this strategy takes it from ``trainer.accumulate_grad_batches``
+    instead, and the module calls the engine once per micro-batch as DeepSpeed expects.
+    """
+
+    def __init__(self, *args, accumulate_grad_batches: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.accumulate_grad_batches = int(accumulate_grad_batches)
+
+    def _format_batch_size_and_grad_accum_config(self) -> None:
+        self.config.pop("gradient_accumulation_steps", None)
+        super()._format_batch_size_and_grad_accum_config()  # sets 1: the trainer's own accumulation is off
+        self.config["gradient_accumulation_steps"] = self.accumulate_grad_batches
+
+
+class CPUDeepSpeedStrategy(BrushDeepSpeedStrategy):
     """TEST ONLY. DeepSpeed on CPU processes: no CUDA check, no device-index validation, gloo."""
 
     def setup_environment(self) -> None:
@@ -91,9 +109,11 @@ def build_strategy(cfg, accelerator: str, n_processes: int):
         problem = deepspeed_problem(cfg, on_cpu=accelerator == "cpu")
         if problem:
             raise ConfigError(problem)
-        if accelerator == "cpu":
-            return CPUDeepSpeedStrategy(config=ds_cfg, timeout=timeout, exclude_frozen_parameters=True)
-        return DeepSpeedStrategy(config=ds_cfg, timeout=timeout, exclude_frozen_parameters=True)
+        # The module's only frozen parameter is the tied conv_in_condition bias: it is saved with the rest.
+        kwargs = dict(config=ds_cfg, timeout=timeout, exclude_frozen_parameters=False,
+                      accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+                      min_loss_scale=cfg.optim.min_loss_scale)
+        return (CPUDeepSpeedStrategy if accelerator == "cpu" else BrushDeepSpeedStrategy)(**kwargs)
     if name == "ddp" or (name == "auto" and n_processes > 1):
         return DDPStrategy(find_unused_parameters=False, gradient_as_bucket_view=True, timeout=timeout)
     if name == "auto":

@@ -1,7 +1,7 @@
 """The reference loader's per-sample work, re-implemented (our code) for side-by-side timing and statistics.
 
-What the reference ``train_brushnet.py`` does for each sample (docs/reference.md,
-"Training recipe"), step by step and at the image's original size: decode the
+What the reference ``train_brushnet.py`` does for each sample (docs/reference.md section 5),
+step by step and at the image's original size: decode the
 whole JPEG; turn the chosen run-length mask into a bitmap with a Python loop over
 runs, or draw a random brush with PIL on a canvas of the image's size
 (``random_brush_gen(4, h, w)``: 0-3 strokes, its ``h, w = mask.size`` quirk

@@ -11,7 +11,7 @@ def model_inputs(batch: dict, device: torch.device | str, dtype: torch.dtype = t
     """``pixels`` and ``masked_pixels`` in [-1, 1] and the ``keep_mask`` (1 = known), on ``device``.
 
     ``masked_pixels = image * keep`` before normalising, so hole pixels are -1
-    (black), as the reference prepares them (BRUSHNET.md section 3).
+    (black), as the reference prepares them (docs/reference.md section 3).
     """
     image = batch["image"].to(device, non_blocking=True)
     keep = batch["keep_mask"].to(device, non_blocking=True)

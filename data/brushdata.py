@@ -50,8 +50,8 @@ STATE_VERSION = 1
 class MaskConfig:
     """Mask sources by weight, and the reference's random edits (see :class:`data.masks.MaskPolicy`).
 
-    The defaults are the reference recipe's, measured in the training crop (docs/reference.md): stroke
-    geometry, width and the opening kernel are in pixels of the *original* image (``space: original``).
+    The defaults are the reference recipe's, measured in the training crop (docs/reference.md section 5):
+    stroke geometry, width and the opening kernel are in pixels of the *original* image (``space: original``).
     """
 
     segmentation: float = 1.0

@@ -7,7 +7,7 @@ branch's *keep* mask (1 = known pixel, 0 = hole), see
 ``numpy.random.Generator`` passed in.
 
 Masks are made directly in the training crop, with the reference recipe's
-statistics (docs/reference.md, "Training recipe"): the reference draws brush
+statistics (docs/reference.md section 5): the reference draws brush
 strokes and opens masks on the *original* image, then resizes and crops. Here
 the stroke geometry and the opening kernel are expressed in original-image
 pixels and scaled by the resize (:class:`CropGeometry`), and only the crop

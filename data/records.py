@@ -1,6 +1,6 @@
 """Reading BrushData records from shards, and checking each one.
 
-A record is the tar members sharing a key (BRUSHNET.md section 4):
+A record is the tar members sharing a key (docs/reference.md section 4):
 ``KEY.image`` (JPEG), ``KEY.caption`` (UTF-8), ``KEY.height`` and ``KEY.width``
 (ASCII decimal), ``KEY.segmentation`` (JSON ``{"mask": [rle, ...]}``).
 

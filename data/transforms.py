@@ -1,4 +1,4 @@
-"""One checked record -> one training example (the reference recipe, docs/reference.md).
+"""One checked record -> one training example (the reference recipe, docs/reference.md section 5).
 
 Per sample: a square crop of the image resized so its short side equals the
 resolution (random or centred), the mask source and its keep mask in that crop

@@ -1,5 +1,5 @@
 """An explicit, loop-by-loop UNet forward with BrushNet residuals, written from
-BRUSHNET.md section 2 as the reference fork does it (no hooks). The tests check
+docs/reference.md section 2 as the reference fork does it (no hooks). The tests check
 that the hook-based injection in ``train.injection`` computes exactly this.
 """
 

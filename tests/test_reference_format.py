@@ -86,7 +86,7 @@ def test_partial_checkpoints_are_refused(official, tmp_path):
 
 @pytest.mark.parametrize("arch, unet_m, branch_m", [("sd15", 859.5, 618.8), ("sdxl", 2567.5, 373.3)])
 def test_full_size_parameter_counts(arch, unet_m, branch_m):
-    """Built on the meta device from the real SD configs: sizes as BRUSHNET.md section 1 states."""
+    """Built on the meta device from the real SD configs: sizes as docs/reference.md section 1 states."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs" / "architectures" / arch / "unet"

@@ -1,6 +1,6 @@
 """FLOPs of one training sample, counted on the real architecture (meta tensors, no memory, no time).
 
-The cost model of BRUSHNET.md section 8: VAE encode of image and masked image,
+The cost model of docs/reference.md section 8: VAE encode of image and masked image,
 text encoder(s) forward, branch forward + backward (weight and activation
 gradients), frozen UNet forward + activation-gradient backward (no weight
 gradients). PyTorch's ``FlopCounterMode`` counts the matmuls and convolutions
@@ -39,7 +39,7 @@ def _meta_copy(module):
 
 
 def training_flops_per_sample(base, branch, resolution: int) -> dict[str, float]:
-    """FLOPs per training sample, broken down as in BRUSHNET.md section 8."""
+    """FLOPs per training sample, broken down as in docs/reference.md section 8."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from .components import vae_scale_factor

@@ -2,7 +2,7 @@
 
 No forked UNet: while :func:`inject_residuals` is active, forward hooks on the
 UNet's own submodules add the branch residuals at the reference's places
-(BRUSHNET.md section 2):
+(docs/reference.md section 2):
 
 * down residual 0: a pre-hook on ``down_blocks[0]`` adds it to the ``conv_in``
   output *after* the UNet stored that output as skip 0, so skip 0 stays clean;

@@ -83,7 +83,7 @@ class TrainingMetrics(Callback):
             self.peak_tflops, self.peak_source = peak_tflops(pl_module.device, self.peak_override)
         if trainer.is_global_zero and self.flops_per_sample:
             peak = f"{self.peak_tflops:g} TFLOP/s ({self.peak_source})" if self.peak_tflops else self.peak_source
-            print(f"MFU model: {self.flops_per_sample / 1e12:.4g} TFLOP per training sample (BRUSHNET.md section 8 "
+            print(f"MFU model: {self.flops_per_sample / 1e12:.4g} TFLOP per training sample (docs/reference.md section 8 "
                   f"cost model, counted on this architecture); peak: {peak}", flush=True)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

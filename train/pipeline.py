@@ -3,7 +3,7 @@
 ``image + user mask (white = paint) + prompt -> image``, for SD1.5 and SDXL,
 with any diffusers scheduler (UniPC by default), classifier-free guidance, the
 branch's ``conditioning_scale``, a seeded generator, a batch of prompts and the
-reference's blurred-mask paste-back (BRUSHNET.md section 6).
+reference's blurred-mask paste-back (docs/reference.md section 6).
 
 User masks follow the usual inpainting convention (white = region to paint);
 the branch wants the opposite (1 = known pixel). :func:`hole_from_user_mask`,

@@ -204,11 +204,19 @@ class BrushDataset(IterableDataset):
         yield from self.iter_slot(job.epoch, slot, job.segments.get(slot, []), job.skip.get(slot, 0))
 
 
+def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
+    out = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.uint8)
+    view = out.numpy()
+    for i, a in enumerate(arrays):
+        view[i] = a
+    return out
+
+
 def _collate(examples: list, meta: dict) -> dict:
     return {
         # (B, 3, R, R) view of HWC memory: no per-sample transpose copy; the device copy is channels-last.
-        "image": torch.from_numpy(np.stack([e.image for e in examples])).permute(0, 3, 1, 2),
-        "keep_mask": torch.from_numpy(np.stack([e.keep_mask for e in examples])),
+        "image": _stack([e.image for e in examples]).permute(0, 3, 1, 2),
+        "keep_mask": _stack([e.keep_mask for e in examples]),
         "caption": [e.caption for e in examples],
         "original_size": torch.tensor([e.original_size for e in examples], dtype=torch.int64),
         "crop_top_left": torch.tensor([e.crop_top_left for e in examples], dtype=torch.int64),

@@ -38,6 +38,14 @@ def parse_bytes(text: str) -> int:
     return int(number * base**power)
 
 
+def parse_hw(text: str) -> tuple[int, int]:
+    """'1024x1366' -> (1024, 1366): height x width."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (height x width, e.g. 1024x1366)")
+    return int(parts[0]), int(parts[1])
+
+
 def parse_mask_mode(text: str) -> dict[str, float]:
     """'brush' or 'segmentation=0.5,brush=0.5' -> source weights."""
     from .masks import MASK_SOURCES
@@ -62,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-size", type=int, default=64, help="smallest image side (pixels)")
     p.add_argument("--max-size", type=int, default=128, help="largest image side (pixels)")
+    p.add_argument("--size", type=parse_hw, default=None, metavar="HxW",
+                   help="every image this size, e.g. 1024x1366 (height x width); overrides --min/--max-size")
     p.add_argument("--prefix", default="synth")
 
     p = sub.add_parser("build", help="write shards from COCO annotations or a folder of images")
@@ -154,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
 def _synth(args) -> int:
     from .synth import write_synthetic_shards
 
-    writer = write_synthetic_shards(args.out, args.samples, args.per_shard, args.seed, args.min_size, args.max_size, args.prefix)
+    writer = write_synthetic_shards(args.out, args.samples, args.per_shard, args.seed, args.min_size, args.max_size,
+                                    args.prefix, size=args.size)
     print(json.dumps({"samples": writer.total_samples, "shards": len(writer.shards), "bytes": writer.total_bytes, "out": args.out}))
     return 0
 

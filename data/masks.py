@@ -20,6 +20,7 @@ over the mask flattened in column-major (Fortran) order, starts 1-based.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -90,26 +91,44 @@ def rle_decode(rle: Sequence[int] | np.ndarray, height: int, width: int) -> np.n
 
 def rle_sample(rle: Sequence[int] | np.ndarray, height: int, width: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """The mask at pixels ``(rows[i], cols[j])``: a ``len(rows) x len(cols)`` uint8 array (1 = object).
+    ``rows`` and ``cols`` must be non-decreasing (a resize's sample points are).
 
     What a nearest-neighbour resize of the crop needs, at a cost set by the
-    output size (one binary search per output pixel over the runs), not by the
-    image: a 4000x3000 mask sampled into a 512x512 crop touches 512x512 pixels.
-    Overlapping and unsorted runs mean what the format's definition says.
+    number of runs and the output size, not by the image: a 4000x3000 mask
+    sampled into a 512x512 crop costs what a 512x512 one does. The runs are
+    merged into disjoint sorted intervals (so overlapping and unsorted runs mean
+    what the format's definition says); each interval's ends are located among
+    the sampled positions by binary search (column, then row), and the output
+    is filled as alternating stretches of 0 and 1 in column-major order.
     """
     starts, lengths = rle_check(rle, height, width)
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-    out = np.zeros((cols.size, rows.size), np.uint8)
     keep = lengths > 0
-    if not keep.any():
-        return out.T
+    if not keep.any() or rows.size * cols.size == 0:
+        return np.zeros((rows.size, cols.size), np.uint8)
     order = np.argsort(starts[keep], kind="stable")
-    first = starts[keep][order]
-    reach = np.maximum.accumulate((starts + lengths)[keep][order])  # furthest end of any run starting <= here
-    flat = (cols[:, None] * height + rows[None, :]).ravel()  # column-major positions
-    idx = np.searchsorted(first, flat, side="right") - 1
-    inside = (idx >= 0) & (flat < reach[np.maximum(idx, 0)])
-    out[:] = inside.reshape(cols.size, rows.size)
-    return np.ascontiguousarray(out.T)
+    first, last = starts[keep][order], (starts + lengths)[keep][order]
+    reach = np.maximum.accumulate(last)
+    opens = np.concatenate([[True], first[1:] > reach[:-1]])  # a run that does not touch the ones before it
+    begin = first[opens]
+    end = reach[np.concatenate([np.flatnonzero(opens)[1:] - 1, [first.size - 1]])]
+    columns, repeat = np.unique(cols, return_inverse=True)  # an upsampling repeats columns
+
+    def position(pixel: np.ndarray) -> np.ndarray:
+        """How many sampled positions (column-major) lie before each pixel index."""
+        col, row = np.divmod(pixel, height)
+        c = np.searchsorted(columns, col, side="left")
+        here = (c < columns.size) & (columns[np.minimum(c, columns.size - 1)] == col)
+        return c * rows.size + np.where(here, np.searchsorted(rows, row, side="left"), 0)
+
+    n = rows.size * columns.size
+    bounds = np.empty(2 * begin.size + 2, np.int64)
+    bounds[0], bounds[-1] = 0, n
+    bounds[1:-1:2], bounds[2:-1:2] = position(begin), position(end)
+    values = np.zeros(bounds.size - 1, np.uint8)
+    values[1::2] = 1
+    inside = np.repeat(values, np.diff(bounds)).reshape(columns.size, rows.size)
+    return np.ascontiguousarray(inside[repeat].T)
 
 
 def rle_encode(mask: np.ndarray) -> list[int]:
@@ -331,10 +350,15 @@ class MaskPolicy:
         if self.space not in MASK_SPACES:
             raise ValueError(f"mask space must be one of {MASK_SPACES}, got {self.space!r}")
 
-    def choose(self, rng: np.random.Generator) -> str:
+    @functools.cached_property
+    def _sources(self) -> tuple[list[str], np.ndarray]:
         names = [n for n in MASK_SOURCES if self.weights.get(n, 0) > 0]
-        p = np.array([self.weights[n] for n in names], dtype=np.float64)
-        return names[int(rng.choice(len(names), p=p / p.sum()))]
+        cumulative = np.cumsum([self.weights[n] for n in names], dtype=np.float64)
+        return names, cumulative / cumulative[-1]
+
+    def choose(self, rng: np.random.Generator) -> str:
+        names, cumulative = self._sources
+        return names[min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(names) - 1)]
 
     def _kernel(self, geometry: CropGeometry) -> int:
         if self.space == "crop":

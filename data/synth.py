@@ -2,7 +2,8 @@
 
 Each record has 1-4 shapes (discs, boxes, triangles); each shape's mask is its
 visible part (later shapes occlude earlier ones), the caption names the shapes
-and colours. Image sizes vary per record within ``[min_size, max_size]``.
+and colours. Image sizes vary per record within ``[min_size, max_size]``, or are
+one fixed ``size`` (height, width).
 Everything is drawn from one seeded generator, so the same seed writes the same
 bytes.
 """
@@ -35,8 +36,9 @@ class SynthRecord:
     caption: str
 
 
-def synth_record(rng: np.random.Generator, min_size: int = 64, max_size: int = 128) -> SynthRecord:
-    h, w = (int(rng.integers(min_size, max_size + 1)) for _ in range(2))
+def synth_record(rng: np.random.Generator, min_size: int = 64, max_size: int = 128,
+                 size: tuple[int, int] | None = None) -> SynthRecord:
+    h, w = size if size is not None else (int(rng.integers(min_size, max_size + 1)) for _ in range(2))
     bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     base = np.array(_BG_COLOURS[bg], np.float32)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -69,11 +71,12 @@ def synth_record(rng: np.random.Generator, min_size: int = 64, max_size: int = 1
 
 
 def write_synthetic_shards(out_dir: str | Path, n_samples: int, samples_per_shard: int = 100, seed: int = 0,
-                           min_size: int = 64, max_size: int = 128, prefix: str = "synth") -> ShardWriter:
+                           min_size: int = 64, max_size: int = 128, prefix: str = "synth",
+                           size: tuple[int, int] | None = None) -> ShardWriter:
     rng = np.random.default_rng(seed)
     with ShardWriter(out_dir, prefix=prefix, max_samples=samples_per_shard) as writer:
         for i in range(n_samples):
-            rec = synth_record(rng, min_size, max_size)
+            rec = synth_record(rng, min_size, max_size, size)
             h, w = rec.image.shape[:2]
             writer.write(f"{prefix}{seed:04d}_{i:08d}", brushdata_members(encode_jpeg(rec.image), h, w, rec.caption, rec.masks))
     return writer

@@ -83,10 +83,10 @@ def make_example(
     short = min(h, w)
     # Decode at the smallest DCT scale whose short side still reaches the resolution.
     target = (math.ceil(w * resolution / short), math.ceil(h * resolution / short))
-    pixels = decode_image(record, min_size=target if short > resolution else None)
+    pixels = decode_image(record, min_size=target if short > resolution else None)  # BGR
     dh, dw = pixels.shape[:2]
     (y0, x0, side), (top, left) = crop_window(dh, dw, resolution, rng, random_crop)
-    image = _resize(pixels[y0 : y0 + side, x0 : x0 + side], resolution)
+    image = cv2.cvtColor(_resize(pixels[y0 : y0 + side, x0 : x0 + side], resolution), cv2.COLOR_BGR2RGB)
 
     source = policy.choose(rng)
     geometry = crop_geometry(h, w, (dh, dw), (y0, x0, side), resolution)

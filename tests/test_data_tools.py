@@ -31,6 +31,11 @@ def test_synth_then_validate_json(tmp_path, capsys):
     report = _json_out(capsys)
     assert (report["samples"], report["bad"], report["shards"]) == (25, {}, 3)
     assert 64 <= report["height"]["min"] and report["height"]["max"] <= 128
+    assert main(["data", "synth", str(tmp_path / "fixed"), "--samples", "3", "--size", "40x70"]) == 0
+    capsys.readouterr()
+    assert main(["data", "validate", str(tmp_path / "fixed"), "--json"]) == 0
+    report = _json_out(capsys)
+    assert (report["height"]["min"], report["height"]["max"], report["width"]["min"], report["width"]["max"]) == (40, 40, 70, 70)
 
 
 def test_synthetic_masks_are_exact(tmp_path):

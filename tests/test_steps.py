@@ -156,3 +156,20 @@ def test_pipeline_guidance_defaults_follow_the_reference(tiny_sd15, tiny_sdxl):
     from train.pipeline import default_guidance
 
     assert default_guidance(tiny_sd15) == 7.5 and default_guidance(tiny_sdxl) == 5.0
+
+
+def test_ddp_all_reduces_only_the_last_micro_batch_of_a_step(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "ddp_sync_script.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), "3", "2"], capture_output=True, text=True,
+                            timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        counts = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        # 2 optimizer steps of 3 micro-batches: one all-reduce of each gradient bucket per step, not per micro-batch.
+        assert counts["global_step"] == 2 and counts["buckets"] >= 1
+        assert counts["allreduce_calls"] == 2 * counts["buckets"], counts

@@ -173,3 +173,26 @@ def test_ddp_all_reduces_only_the_last_micro_batch_of_a_step(tmp_path):
         # 2 optimizer steps of 3 micro-batches: one all-reduce of each gradient bucket per step, not per micro-batch.
         assert counts["global_step"] == 2 and counts["buckets"] >= 1
         assert counts["allreduce_calls"] == 2 * counts["buckets"], counts
+
+
+def test_a_preemption_signal_waits_for_the_end_of_the_accumulation_window():
+    import signal
+    from types import SimpleNamespace
+
+    from train.preemption import PreemptionHandler
+
+    saves = []
+    checkpoint = SimpleNamespace(last_saved_step=None, save=lambda trainer, module: saves.append(trainer.global_step))
+    handler = PreemptionHandler(checkpoint, requeue=False)
+    trainer = SimpleNamespace(world_size=1, global_step=4, is_global_zero=True, should_stop=False)
+    module = SimpleNamespace(device=torch.device("cpu"), at_step_boundary=False)
+    handler.on_train_start(trainer, module)
+    try:
+        signal.raise_signal(signal.SIGUSR1)
+        handler.on_train_batch_end(trainer, module, None, None, 0)  # mid-window: gradients of 1 micro-batch
+        assert saves == [] and not trainer.should_stop
+        module.at_step_boundary, trainer.global_step = True, 5
+        handler.on_train_batch_end(trainer, module, None, None, 1)
+    finally:
+        handler.on_train_end(trainer, module)
+    assert saves == [5] and trainer.should_stop

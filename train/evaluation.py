@@ -48,6 +48,7 @@ class DenoisingEval(Callback):
         self.out_file = Path(out_file)
         self._batches: list[dict] | None = None
         self.results: list[dict] = []
+        self._last_step = -1  # with gradient accumulation a step ends one micro-batch, the next ones keep it
 
     def evaluate(self, trainer, pl_module, label: str) -> dict:
         if self._batches is None:
@@ -81,8 +82,9 @@ class DenoisingEval(Callback):
             self.evaluate(trainer, pl_module, "start")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        n = self.cfg.every_n_steps
-        if n and trainer.global_step and trainer.global_step % n == 0:
+        n, step = self.cfg.every_n_steps, trainer.global_step
+        if n and step and step % n == 0 and step != self._last_step:
+            self._last_step = step
             self.evaluate(trainer, pl_module, "during")
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from train.errors import UserError
+
 from .masks import MASK_SOURCES, MaskPolicy
 from .records import BadRecord, BadSample, RawRecord, parse_record, read_shard
 from .shards import Segment, epoch_segments, expand_shards, shard_sizes, shard_specs, split_segments
@@ -89,10 +91,14 @@ class DataConfig:
     bad_check_after: int = 1000  # samples seen before the ceiling is enforced
     prefetch_factor: int = 4
     pin_memory: bool = False
+    shard_retries: int = 3  # URL / pipe: shards: re-open a failed or broken stream this often before giving up
+    shard_retry_delay: float = 1.0  # seconds before the first retry, doubled for each further one
 
 
-class BadDataError(RuntimeError):
-    """Too many bad records: the data set is wrong, not noisy."""
+class BadDataError(UserError, RuntimeError):
+    """Too many bad records (or none readable): the data set is wrong, not noisy."""
+
+    exit_code = 1
 
 
 # ------------------------------------------------------------------ workers

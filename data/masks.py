@@ -19,6 +19,8 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
+from train.errors import UserError
+
 __all__ = [
     "RLEError",
     "rle_check",
@@ -35,7 +37,7 @@ __all__ = [
 MASK_SOURCES = ("segmentation", "brush", "box", "border")
 
 
-class RLEError(ValueError):
+class RLEError(UserError, ValueError):
     """Run-length data that does not describe a mask of the stated size."""
 
 

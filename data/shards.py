@@ -29,6 +29,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from train.errors import UserError
+
 __all__ = [
     "ShardSpecError",
     "Segment",
@@ -49,7 +51,7 @@ SIZES_FILE = "sizes.json"
 _URL_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "gcs://", "hf://", "ais://", "file://")
 
 
-class ShardSpecError(ValueError):
+class ShardSpecError(UserError, ValueError):
     """A shard spec that names no shard, or a shard that cannot be found."""
 
 

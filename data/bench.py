@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .brushdata import BrushDataLoader, DataConfig
+from .brushdata import BadDataError, BrushDataLoader, DataConfig
 
 __all__ = ["measure_throughput"]
 
@@ -32,4 +32,4 @@ def measure_throughput(cfg: DataConfig, samples: int = 500, warmup: int = 20) ->
                     "bad": {k[4:]: v for k, v in loader.counters.items() if k.startswith("bad/")},
                 }
         if epoch_good == 0:
-            raise ValueError(f"no good samples in {cfg.shards}")
+            raise BadDataError(f"no good samples in {cfg.shards}: {loader.counters}")

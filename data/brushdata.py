@@ -150,7 +150,8 @@ class BrushDataset(IterableDataset):
 
     def _records(self, segments: list[Segment], read: _Counter) -> Iterator[RawRecord | BadRecord]:
         for seg in segments:
-            for record in read_shard(self.shards[seg.shard], seg.start, seg.end):
+            for record in read_shard(self.shards[seg.shard], seg.start, seg.end, self.cfg.shard_retries,
+                                     self.cfg.shard_retry_delay):
                 read.n += 1
                 yield record
 
@@ -259,7 +260,7 @@ class BrushDataLoader:
         self.rank, self.world_size = rank, world_size
         self.workers = max(1, int(cfg.num_workers))
         self.shards = expand_shards(cfg.shards)
-        self.sizes = shard_sizes(self.shards, cfg.sizes_file)
+        self.sizes = shard_sizes(self.shards, cfg.sizes_file, cfg.shard_retries, cfg.shard_retry_delay)
         if sum(self.sizes) == 0:
             raise ValueError(f"the shards {shard_specs(cfg.shards)} hold no samples")
         self.dataset = BrushDataset(cfg, self.shards, self.sizes)
@@ -322,6 +323,15 @@ class BrushDataLoader:
                 f"check it with `brushtrain data validate` (or raise the ceiling)."
             )
 
+    def _check_any_readable(self) -> None:
+        """Not one good record on this rank, ever, and unreadable shards: the data cannot be reached."""
+        unreadable = self.counters["bad/unreadable_shard"] + self.counters["bad/truncated_tar"]
+        if self.counters["good"] == 0 and unreadable:
+            raise BadDataError(
+                f"rank {self.rank} could not read any of its shards ({unreadable} unreadable or cut off, each tried "
+                f"{self.cfg.shard_retries + 1} time(s)); see the warnings above for each shard, and check them with "
+                f"`brushtrain data validate`")
+
     def _advance_epoch(self) -> None:
         self.epoch += 1
         self._base = None
@@ -380,6 +390,7 @@ class BrushDataLoader:
             self._snapshot()
             template = item
             yield item
+        self._check_any_readable()
         while self.progress["yielded"] < total:
             self.progress["yielded"] += 1
             self.progress["pads"] += 1

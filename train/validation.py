@@ -82,6 +82,7 @@ def list_of(check: Callable[[Any], bool], length: int | None = None, nonempty: b
 
 
 def shard_value(v) -> bool:
+    v = OmegaConf.to_container(v) if OmegaConf.is_list(v) else v
     return v is None or text(v) or (isinstance(v, list) and all(text(x) for x in v))
 
 

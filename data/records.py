@@ -148,7 +148,7 @@ class ShardStream(io.RawIOBase):
             raise ShardReadError(f"{why}{tries}") from None
         delay = self.retry_delay * 2**self.attempts
         self.attempts += 1
-        log.warning("shard %s: %s; retry %d of %d in %.1f s", self.shard, why, self.attempts, self.retries, delay)
+        log.warning("shard %s: %s; retry %d of %d in %.3g s", self.shard, why, self.attempts, self.retries, delay)
         time.sleep(delay)
 
     def readinto(self, buffer):

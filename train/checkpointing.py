@@ -78,7 +78,7 @@ def newest_intact(checkpoint_dir: str | Path, say=print) -> Path | None:
     for folder in folders:
         verdict = verify_checkpoint(folder)
         if verdict:
-            if MANIFEST not in verdict.checked:
+            if not verdict.full:
                 say(f"checkpoint {folder.name}: {verdict.checked}")
             if damaged:
                 say(f"using {folder}, the newest intact checkpoint")
@@ -119,7 +119,7 @@ def verified(path: str | Path, say=print) -> Path:
         verdict = verify_checkpoint(folder)
         if not verdict:
             raise CheckpointError(f"checkpoint {folder} is damaged: {verdict.problem}")
-        if MANIFEST not in verdict.checked:
+        if not verdict.full:
             say(f"checkpoint {folder.name}: {verdict.checked}")
     elif path.is_file() and path.suffix in (".ckpt", ".pt"):  # a checkpoint file of another tool
         problem = archive_problem(path)
@@ -152,8 +152,10 @@ def is_write_error(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and any(s in text for s in _WRITE_FAILURES)
 
 
-_WRITE_FAILURES = ("file write failed", "No space left", "Disk quota", "Read-only file system", "Permission denied",
-                   "StorageFull", "QuotaExceeded", "ReadOnlyFilesystem")
+# How torch.save (its C++ zip writer) and safetensors report a failed write: without an errno.
+_WRITE_FAILURES = ("file write failed", "PytorchStreamWriter", "inline_container.cc", "iostream error", "No space left",
+                   "Disk quota", "Read-only file system", "Permission denied", "StorageFull", "QuotaExceeded",
+                   "ReadOnlyFilesystem")
 
 
 class GuardedCheckpointIO(TorchCheckpointIO):
@@ -238,12 +240,12 @@ class StepCheckpoint(Callback):
             if not is_write_error(exc):
                 raise
             # Raised inside DeepSpeed's own writer: this rank cannot rejoin the collectives the others wait in.
-            self._give_up(trainer, tmp, step, _describe(exc, trainer.global_rank))
+            self._give_up(trainer, tmp, step, _describe(exc, trainer.global_rank, tmp))
         finally:
             if self.io is not None:
                 self.io.recording = False
         failure = self.io.take_error() if self.io is not None else None
-        self._settle(trainer, tmp, step, failure and _describe(failure, trainer.global_rank))
+        self._settle(trainer, tmp, step, failure and _describe(failure, trainer.global_rank, tmp))
         if trainer.is_global_zero:
             failure = _attempt(self._publish, trainer, pl_module, tmp, final)
         self._settle(trainer, tmp, step, failure)
@@ -330,8 +332,15 @@ def _attempt(fn, *args) -> str | None:
     return None
 
 
-def _describe(exc: BaseException, rank: int) -> str:
+def _describe(exc: BaseException, rank: int, folder: Path | None = None) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if not isinstance(exc, OSError) and folder is not None:  # torch's own messages do not say why a write failed
+        try:
+            stat = os.statvfs(folder if folder.exists() else folder.parent)
+            if stat.f_bavail * stat.f_frsize < 1 << 20:
+                text += f" (the filesystem is full: {stat.f_bavail * stat.f_frsize} bytes free)"
+        except OSError:
+            pass
     return f"rank {rank}: {text}"
 
 
@@ -345,8 +354,11 @@ def _all_gather(obj) -> list:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -69,6 +69,7 @@ class Verdict:
     ok: bool
     problem: str = ""  # what is wrong, when not ok
     checked: str = ""  # what was checked
+    full: bool = True  # checked against a manifest (False: an older checkpoint, its structure only)
 
     def __bool__(self) -> bool:
         return self.ok
@@ -113,26 +114,26 @@ def _against_manifest(folder: Path, manifest: Path) -> Verdict:
 def _structure_only(folder: Path) -> Verdict:
     checked = f"no {MANIFEST} (written before checksums): checked JSON files, zip CRCs and safetensors headers only"
     if not (folder / "meta.json").is_file():
-        return Verdict(False, "no meta.json and no manifest (not a complete checkpoint)", checked)
+        return Verdict(False, "no meta.json and no manifest (not a complete checkpoint)", checked, False)
     for name in ("meta.json", "brushnet_config.json"):
         path = folder / name
         if path.is_file():
             try:
                 json.loads(path.read_text())
             except ValueError as exc:
-                return Verdict(False, f"{name} is not valid JSON ({exc})", checked)
+                return Verdict(False, f"{name} is not valid JSON ({exc})", checked, False)
     archives = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".ckpt", ".pt"))
     if not archives:
-        return Verdict(False, "holds no model.ckpt and no DeepSpeed *.pt files", checked)
+        return Verdict(False, "holds no model.ckpt and no DeepSpeed *.pt files", checked, False)
     for path in archives:
         problem = archive_problem(path)
         if problem:
-            return Verdict(False, f"{path.relative_to(folder)}: {problem}", checked)
+            return Verdict(False, f"{path.relative_to(folder)}: {problem}", checked, False)
     for path in folder.rglob("*.safetensors"):
         problem = _safetensors_problem(path)
         if problem:
-            return Verdict(False, f"{path.relative_to(folder)}: {problem}", checked)
-    return Verdict(True, checked=checked)
+            return Verdict(False, f"{path.relative_to(folder)}: {problem}", checked, False)
+    return Verdict(True, checked=checked, full=False)
 
 
 def archive_problem(path: Path) -> str | None:

@@ -3,9 +3,10 @@
 Every step checkpoint gets a ``manifest.json`` as the last file written before
 the folder is renamed into place: each file's path, size and SHA-256. SHA-256
 because it is what ``sha256sum`` checks too, and because it is fast enough:
-about 1 GB/s per core (an SD1.5 checkpoint, 7.4 GB with the AdamW state, takes
-about 8 s, on one thread per file; a checkpoint is written every thousand steps
-or so). Verifying reads every file once.
+1.3 GB/s on one core (``benchmarks/checkpoint_manifest.py``; an SD1.5
+checkpoint, 7.4 GB with the AdamW state, takes about 6 s, files hash in
+parallel threads; a checkpoint is written every thousand steps or so, and the
+files are still in the page cache). Verifying reads every file once.
 
 Checkpoints written before manifests existed are checked as far as their
 formats allow: ``meta.json`` and ``brushnet_config.json`` parse, every

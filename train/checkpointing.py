@@ -114,8 +114,10 @@ def verified(path: str | Path, say=print) -> Path:
         if latest is None:
             raise CheckpointError(f"{path} has no complete checkpoint under checkpoints/")
         return latest
-    folder = path if path.is_dir() else path.parent
-    if _STEP_DIR.match(folder.name) or (folder / MANIFEST).is_file():
+    # The checkpoint folder: the path itself, or the one holding it (model.ckpt, DeepSpeed's checkpoint/).
+    folder = next((p for p in (path, path.parent) if p.is_dir() and (_STEP_DIR.match(p.name) or (p / MANIFEST).is_file())),
+                  None)
+    if folder is not None:
         verdict = verify_checkpoint(folder)
         if not verdict:
             raise CheckpointError(f"checkpoint {folder} is damaged: {verdict.problem}")

@@ -218,9 +218,11 @@ def test_a_full_disk_during_a_checkpoint_stops_every_rank_with_one_message(tmp_p
         assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-00000003"]
 
         subprocess.run(["mount", "-o", "remount,size=64m", str(ckpts)], check=True)  # space freed
-        resumed = _fit(out, "trainer.max_steps=6", "checkpoint.every_n_steps=3", "checkpoint.keep_last=1")
+        resumed = _fit(out, "trainer.max_steps=6", "checkpoint.every_n_steps=3", "checkpoint.keep_last=1",
+                       "trainer.devices=2")
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert f"resuming from {ckpts / 'step-00000003' / 'model.ckpt'}" in resumed.stdout
-        assert verify_checkpoint(ckpts / "step-00000006").ok
+        verdict = verify_checkpoint(ckpts / "step-00000006")
+        assert verdict.ok and verdict.full, verdict
     finally:
         subprocess.run(["umount", "-l", str(ckpts)], capture_output=True)

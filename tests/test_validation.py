@@ -47,7 +47,8 @@ BAD_SETTINGS = [
     (["model.min_snr_gamma=-5"], "model.min_snr_gamma must be null (plain MSE) or a number > 0, got -5.0"),
     (["model.prediction_type=sample"], "model.prediction_type must be null, epsilon or v_prediction"),
     (["trainer.max_steps=0"], "trainer.max_steps must be an integer >= 1, got 0"),
-    (["trainer.devices=0"], "trainer.devices must be auto, -1 (all GPUs), a count >= 1, or a list of GPU indices, got 0"),
+    (["trainer.devices=0"], "trainer.devices must be auto (all GPUs; 1 process on CPU) or a count >= 1 (processes per node), got 0"),
+    (["trainer.devices=[0,1]"], "trainer.devices must be auto (all GPUs; 1 process on CPU) or a count >= 1"),
     (["trainer.num_nodes=0"], "trainer.num_nodes must be an integer >= 1, got 0"),
     (["trainer.num_nodes=2"], "trainer.num_nodes=2 needs a launcher on every node"),
     (["trainer.strategy=fsdp"], "trainer.strategy must be auto, ddp or deepspeed, got 'fsdp'"),
@@ -138,3 +139,16 @@ def test_the_shipped_configs_pass(tmp_path):
         extra = [] if torch.cuda.is_available() or name == "tiny_cpu" else ["trainer.accelerator=cpu", "trainer.precision=32-true"]
         cfg, launch = load_fit_config([f"configs/{name}.yaml"], [f"data.shards={shards}", f"output_dir={tmp_path / name}", *extra])
         assert problems(cfg, launch) == [], name
+
+
+def test_cross_checks_for_keys_other_branches_add():
+    """The recipe's keys (brush_min_strokes, model.vae) are checked as soon as the schema has them."""
+    from train.validation import _brush_strokes, _vae
+
+    cfg = OmegaConf.create({"data": {"mask": {"brush_min_strokes": 3, "brush_max_strokes": 1}}, "model": {"vae": "./no/vae"}})
+    assert _brush_strokes(cfg, None) == ["data.mask.brush_min_strokes=3 is larger than data.mask.brush_max_strokes=1"]
+    assert _vae(cfg, None) == ["model.vae './no/vae' does not exist (and is not a hub id like org/name)"]
+    fine = OmegaConf.create({"data": {"mask": {"brush_min_strokes": 0, "brush_max_strokes": 3}}, "model": {"vae": "madebyollin/sdxl-vae-fp16-fix"}})
+    assert _brush_strokes(fine, None) == [] and _vae(fine, None) == []
+    absent = OmegaConf.create({"data": {"mask": {"brush_max_strokes": 3}}, "model": {}})
+    assert _brush_strokes(absent, None) == [] and _vae(absent, None) == []

@@ -136,7 +136,7 @@ def _dtypes() -> tuple[str, ...]:
 
 
 def _devices(v) -> bool:
-    return v == "auto" or v == -1 or integer(ge=1)(v) or (isinstance(v, list) and v != [] and all(integer(ge=0)(x) for x in v))
+    return v == "auto" or integer(ge=1)(v)  # what train/fit.py's process layout understands
 
 
 def _betas(v) -> bool:
@@ -213,7 +213,7 @@ RULES: list[Rule] = [
     Rule("ema.on_cpu", flag, "true or false"),
     Rule("trainer.max_steps", integer(ge=1), "an integer >= 1"),
     Rule("trainer.accelerator", one_of(accelerators), lambda: "one this machine has: " + ", ".join(accelerators())),
-    Rule("trainer.devices", _devices, "auto, -1 (all GPUs), a count >= 1, or a list of GPU indices"),
+    Rule("trainer.devices", _devices, "auto (all GPUs; 1 process on CPU) or a count >= 1 (processes per node)"),
     Rule("trainer.num_nodes", integer(ge=1), "an integer >= 1"),
     Rule("trainer.strategy", one_of(STRATEGIES), "auto, ddp or deepspeed"),
     Rule("trainer.precision", one_of(precisions), lambda: "one of Lightning's: " + ", ".join(precisions())),
@@ -354,6 +354,22 @@ def _resolution(cfg, launch) -> list[str]:
     return []
 
 
+def _brush_strokes(cfg, launch) -> list[str]:
+    """0 <= data.mask.brush_min_strokes <= brush_max_strokes (when the schema has the minimum)."""
+    low, high = cfg.data.mask.get("brush_min_strokes"), cfg.data.mask.get("brush_max_strokes")
+    if integer(ge=0)(low) and integer(ge=0)(high) and low > high:
+        return [f"data.mask.brush_min_strokes={low} is larger than data.mask.brush_max_strokes={high}"]
+    return []
+
+
+def _vae(cfg, launch) -> list[str]:
+    """model.vae (when the schema has it): a local folder or a hub id."""
+    vae = cfg.model.get("vae")
+    if text(vae) and not _local_or_hub_id(vae):
+        return [f"model.vae {vae!r} does not exist (and is not a hub id like org/name)"]
+    return []
+
+
 def _mask_weights(cfg, launch) -> list[str]:
     from data.masks import MASK_SOURCES
 
@@ -434,12 +450,8 @@ def _devices_here(cfg, launch) -> list[str]:
     out = []
     if _wants_gpu(cfg) and (launch is None or launch.launcher == "none") and torch.cuda.is_available():
         have = torch.cuda.device_count()
-        asked = len(t.devices) if isinstance(t.devices, list) else (have if t.devices in ("auto", -1) else t.devices)
-        top = max(t.devices) + 1 if isinstance(t.devices, list) else asked
-        if asked > have or top > have:
+        if t.devices != "auto" and t.devices > have:
             out.append(f"trainer.devices={t.devices}: this machine has {have} CUDA GPU(s)")
-    elif not _wants_gpu(cfg) and isinstance(t.devices, list):
-        out.append(f"trainer.devices={t.devices}: a list of GPU indices needs trainer.accelerator=gpu")
     if integer(ge=2)(t.num_nodes) and (launch is None or launch.launcher == "none") and "NODE_RANK" not in os.environ:
         out.append(f"trainer.num_nodes={t.num_nodes} needs a launcher on every node (srun, torchrun; or NODE_RANK, "
                    "MASTER_ADDR and MASTER_PORT set on each node)")
@@ -502,7 +514,8 @@ def _logger(cfg, launch) -> list[str]:
 
 
 CROSS_CHECKS: list[Callable] = [
-    _output_dir, _resume, _base, _brushnet, _resolution, _mask_weights, _synth, _shards, _samples_folder,
+    _output_dir, _resume, _base, _brushnet, _vae, _resolution, _mask_weights, _brush_strokes, _synth, _shards,
+    _samples_folder,
     _devices_here, _precision_here, _deepspeed, _logger,
 ]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .brushdata import BrushDataLoader, DataConfig
+from .brushdata import BadDataError, BrushDataLoader, DataConfig
 from .masks import hole_fraction_stats
 
 __all__ = ["measure_throughput"]
@@ -43,4 +43,4 @@ def measure_throughput(cfg: DataConfig, samples: int = 500, warmup: int = 20, ma
                     **extra,
                 }
         if epoch_good == 0:
-            raise ValueError(f"no good samples in {cfg.shards}")
+            raise BadDataError(f"no good samples in {cfg.shards}: {loader.counters}")

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from train.errors import UserError
+
 from .masks import MASK_SOURCES, MaskPolicy
 from .records import BadRecord, BadSample, RawRecord, parse_record, read_shard
 from .shards import Segment, epoch_segments, expand_shards, shard_sizes, shard_specs, split_segments
@@ -98,10 +100,14 @@ class DataConfig:
     bad_check_after: int = 1000  # samples seen before the ceiling is enforced
     prefetch_factor: int = 4
     pin_memory: bool = False
+    shard_retries: int = 3  # URL / pipe: shards: re-open a failed or broken stream this often before giving up
+    shard_retry_delay: float = 1.0  # seconds before the first retry, doubled for each further one
 
 
-class BadDataError(RuntimeError):
-    """Too many bad records: the data set is wrong, not noisy."""
+class BadDataError(UserError, RuntimeError):
+    """Too many bad records (or none readable): the data set is wrong, not noisy."""
+
+    exit_code = 1
 
 
 # ------------------------------------------------------------------ workers
@@ -153,7 +159,8 @@ class BrushDataset(IterableDataset):
 
     def _records(self, segments: list[Segment], read: _Counter) -> Iterator[RawRecord | BadRecord]:
         for seg in segments:
-            for record in read_shard(self.shards[seg.shard], seg.start, seg.end):
+            for record in read_shard(self.shards[seg.shard], seg.start, seg.end, self.cfg.shard_retries,
+                                     self.cfg.shard_retry_delay):
                 read.n += 1
                 yield record
 
@@ -273,7 +280,7 @@ class BrushDataLoader:
         self.rank, self.world_size = rank, world_size
         self.workers = max(1, int(cfg.num_workers))
         self.shards = expand_shards(cfg.shards)
-        self.sizes = shard_sizes(self.shards, cfg.sizes_file)
+        self.sizes = shard_sizes(self.shards, cfg.sizes_file, cfg.shard_retries, cfg.shard_retry_delay)
         if sum(self.sizes) == 0:
             raise ValueError(f"the shards {shard_specs(cfg.shards)} hold no samples")
         self.dataset = BrushDataset(cfg, self.shards, self.sizes)
@@ -336,6 +343,15 @@ class BrushDataLoader:
                 f"check it with `brushtrain data validate` (or raise the ceiling)."
             )
 
+    def _check_any_readable(self) -> None:
+        """Not one good record on this rank, ever, and unreadable shards: the data cannot be reached."""
+        unreadable = self.counters["bad/unreadable_shard"] + self.counters["bad/truncated_tar"]
+        if self.counters["good"] == 0 and unreadable:
+            raise BadDataError(
+                f"rank {self.rank} could not read any of its shards ({unreadable} unreadable or cut off, each tried "
+                f"{self.cfg.shard_retries + 1} time(s)); see the warnings above for each shard, and check them with "
+                f"`brushtrain data validate`")
+
     def _advance_epoch(self) -> None:
         self.epoch += 1
         self._base = None
@@ -394,6 +410,7 @@ class BrushDataLoader:
             self._snapshot()
             template = item
             yield item
+        self._check_any_readable()
         while self.progress["yielded"] < total:
             self.progress["yielded"] += 1
             self.progress["pads"] += 1

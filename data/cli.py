@@ -18,9 +18,11 @@ import json
 import re
 import sys
 
+from train.errors import UserError
+
 __all__ = ["add_arguments", "run"]
 
-class ToolConfigError(ValueError):
+class ToolConfigError(UserError, ValueError):
     """A --config file whose data section cannot be used; the message names the file and key."""
 
 
@@ -98,6 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--strict", action="store_true", help="exit non-zero on any bad record")
     p.add_argument("--workers", type=int, default=1, help="processes scanning shards in parallel")
+    _retry_arguments(p)
 
     policy_help = ("the mask policy: mask source or mix (segmentation, brush, box, border, or e.g. "
                    "segmentation=0.5,brush=0.5); the other data.mask settings come from --config, else the defaults")
@@ -120,9 +123,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: in this process)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--samples", type=int, default=500)
+    _retry_arguments(p)
 
     p = sub.add_parser("index", help="count records per shard and write sizes.json beside local shards")
     p.add_argument("shards", nargs="+")
+
+
+def _retry_arguments(p: argparse.ArgumentParser) -> None:
+    """The remote-shard retry settings (data.shard_retries / data.shard_retry_delay in training)."""
+    from .brushdata import DataConfig
+
+    p.add_argument("--retries", type=_at_least(0, int), default=DataConfig.shard_retries,
+                   help="re-open a failing URL / pipe: shard this often before reporting it (default %(default)s)")
+    p.add_argument("--retry-delay", type=_at_least(0, float), default=DataConfig.shard_retry_delay, metavar="SECONDS",
+                   help="wait before the first retry, doubled for each further one (default %(default)s)")
+
+
+def _at_least(low, kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    return parse
 
 
 def _data_config(args, default_resolution: int, **overrides):
@@ -191,7 +218,8 @@ def _validate(args) -> int:
     from .shards import expand_shards
     from .validate import validate_shards
 
-    report = validate_shards(expand_shards(args.shards), workers=args.workers)
+    report = validate_shards(expand_shards(args.shards), workers=args.workers, retries=args.retries,
+                             retry_delay=args.retry_delay)
     if args.json:
         print(json.dumps(report))
     else:
@@ -217,7 +245,8 @@ def _preview(args) -> int:
 def _bench(args) -> int:
     from .bench import measure_throughput
 
-    cfg = _data_config(args, 512, batch_size=args.batch_size, num_workers=args.workers)
+    cfg = _data_config(args, 512, batch_size=args.batch_size, num_workers=args.workers, shard_retries=args.retries,
+                       shard_retry_delay=args.retry_delay)
     result = measure_throughput(cfg, samples=args.samples, mask_stats=args.mask_stats)
     print(f"{result['samples_per_s']} samples/s at {cfg.resolution} px with {args.workers} worker(s)", file=sys.stderr)
     if args.mask_stats:
@@ -233,14 +262,17 @@ def _index(args) -> int:
     from collections import defaultdict
     from pathlib import Path
 
-    from .shards import count_samples, expand_shards, is_url, write_sizes
+    from .shards import ShardReadError, count_samples, expand_shards, is_url, write_sizes
 
     by_folder: dict = defaultdict(dict)
     for shard in expand_shards(args.shards):
         if is_url(shard):
             print(f"skipping {shard}: sizes.json is only written beside local shards", file=sys.stderr)
             continue
-        by_folder[str(Path(shard).parent)][Path(shard).name] = count_samples(shard)
+        try:
+            by_folder[str(Path(shard).parent)][Path(shard).name] = count_samples(shard)
+        except ShardReadError as exc:
+            print(f"skipping unreadable shard {exc}", file=sys.stderr)
     for folder, sizes in by_folder.items():
         print(f"{write_sizes(folder, sizes)}: {len(sizes)} shard(s), {sum(sizes.values())} records")
     return 0

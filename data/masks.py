@@ -28,6 +28,8 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
+from train.errors import UserError
+
 __all__ = [
     "RLEError",
     "rle_check",
@@ -51,7 +53,7 @@ MASK_SOURCES = ("segmentation", "brush", "box", "border")
 MASK_SPACES = ("original", "crop")
 
 
-class RLEError(ValueError):
+class RLEError(UserError, ValueError):
     """Run-length data that does not describe a mask of the stated size."""
 
 

@@ -29,8 +29,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from train.errors import UserError
+
 __all__ = [
     "ShardSpecError",
+    "ShardReadError",
+    "UnreadableShardsError",
     "Segment",
     "expand_shards",
     "shard_specs",
@@ -49,8 +53,18 @@ SIZES_FILE = "sizes.json"
 _URL_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "gcs://", "hf://", "ais://", "file://")
 
 
-class ShardSpecError(ValueError):
+class ShardSpecError(UserError, ValueError):
     """A shard spec that names no shard, or a shard that cannot be found."""
+
+
+class ShardReadError(OSError):
+    """A shard that could not be opened or read to its end (after the retries a remote one gets)."""
+
+
+class UnreadableShardsError(UserError, OSError):
+    """Not one of the shards could be read: the run cannot start."""
+
+    exit_code = 1
 
 
 def is_url(spec: str) -> bool:
@@ -99,14 +113,19 @@ def sample_key(member_name: str) -> tuple[str, str]:
     return (key, ext) if key is not None else (member_name, "")
 
 
-def count_samples(shard: str) -> int:
-    """Samples (distinct consecutive keys) in one shard, from tar headers only where possible."""
-    from webdataset import gopen
+def count_samples(shard: str, retries: int = 0, retry_delay: float = 1.0) -> int:
+    """Samples (distinct consecutive keys) in one shard, from tar headers only where possible.
 
-    keys, last = 0, None
+    A damaged shard counts the samples before the damage; one with none readable
+    raises :class:`ShardReadError` (remote shards are retried first, see
+    :class:`data.records.ShardStream`).
+    """
+    from .records import open_shard
+
+    keys, last, stream = 0, None, None
     try:
         if is_url(shard):
-            stream = gopen(shard, "rb")
+            stream = open_shard(shard, retries, retry_delay)
             tar = tarfile.open(fileobj=stream, mode="r|*")
         else:
             tar = tarfile.open(shard, mode="r:")  # random access: seeks over member data
@@ -117,10 +136,12 @@ def count_samples(shard: str) -> int:
                     if key != last:
                         keys, last = keys + 1, key
     except (tarfile.TarError, OSError, EOFError) as exc:  # truncated: count what is there
-        log.warning("shard %s is damaged after %d samples (%s); counting those", shard, keys, exc)
         if keys == 0:
-            # Unreadable: plan one record so the reader of offset 0 reports it as a bad record.
-            return 1
+            raise ShardReadError(f"{shard}: {exc}") from None
+        log.warning("shard %s is damaged after %d samples (%s); counting those", shard, keys, exc)
+    finally:
+        if stream is not None:
+            stream.close()
     return keys
 
 
@@ -144,22 +165,35 @@ def _sizes_beside(shard: str, cache: dict) -> dict | None:
     return cache[folder]
 
 
-def shard_sizes(shards: Sequence[str], sizes_file: str | None = None) -> list[int]:
-    """Sample count of each shard: ``sizes_file`` or ``sizes.json`` beside the shards, else counted."""
+def shard_sizes(shards: Sequence[str], sizes_file: str | None = None, retries: int = 0,
+                retry_delay: float = 1.0) -> list[int]:
+    """Sample count of each shard: ``sizes_file`` or ``sizes.json`` beside the shards, else counted.
+
+    A shard that cannot be read counts as 1 (its reader reports it as an
+    ``unreadable_shard`` record); if none can be read, :class:`UnreadableShardsError`.
+    """
     explicit = json.loads(Path(sizes_file).read_text()) if sizes_file else None
     cache: dict = {}
     sizes = []
-    counted = 0
+    counted, unreadable = 0, []
     for shard in shards:
         name = shard.rsplit("/", 1)[-1]
         table = explicit if explicit is not None else _sizes_beside(shard, cache)
         if table is not None and (name in table or shard in table):
             sizes.append(int(table.get(shard, table.get(name))))
-        else:
-            sizes.append(count_samples(shard))
-            counted += 1
+            continue
+        counted += 1
+        try:
+            sizes.append(count_samples(shard, retries, retry_delay))
+        except ShardReadError as exc:
+            log.warning("cannot read shard %s", exc)
+            unreadable.append(str(exc))
+            sizes.append(1)  # planned as one record, which its reader reports as unreadable
     if counted:
         log.info("counted samples of %d shard(s) without a %s entry", counted, SIZES_FILE)
+    if unreadable and len(unreadable) == len(shards):
+        raise UnreadableShardsError(
+            f"none of the {len(shards)} shard(s) could be read (each tried {retries + 1} time(s)); first: {unreadable[0]}")
     return sizes
 
 

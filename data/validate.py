@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -25,8 +26,13 @@ class ShardReport:
     bytes: list = field(default_factory=list)  # image bytes per good record
 
 
-def validate_shard(shard: str) -> ShardReport:
-    """Every check the training stream makes, plus a full decode of each image."""
+def validate_shard(shard: str, retries: int = 0, retry_delay: float = 1.0) -> ShardReport:
+    """Every check the training stream makes, plus a full decode of each image.
+
+    A remote shard that fails is retried first (``retries``, ``retry_delay``, as in
+    training); one that still cannot be read is reported (``unreadable_shard``,
+    ``truncated_tar``), never raised.
+    """
     report = ShardReport(shard)
     bad = collections.Counter()
 
@@ -35,7 +41,7 @@ def validate_shard(shard: str) -> ShardReport:
         if len(report.bad_keys) < 100:
             report.bad_keys.append((key, reason, detail[:200]))
 
-    for item in read_shard(shard):
+    for item in read_shard(shard, retries=retries, retry_delay=retry_delay):
         if isinstance(item, BadRecord):
             note(item.key, item.reason, item.detail)
             continue
@@ -61,13 +67,14 @@ def _stats(values: list) -> dict:
     return {"min": int(arr.min()), "median": float(np.median(arr)), "max": int(arr.max()), "mean": round(float(arr.mean()), 2)}
 
 
-def validate_shards(shards: list[str], workers: int = 1) -> dict:
+def validate_shards(shards: list[str], workers: int = 1, retries: int = 0, retry_delay: float = 1.0) -> dict:
     """One summary over all shards (the ``validate --json`` object)."""
+    one = functools.partial(validate_shard, retries=retries, retry_delay=retry_delay)
     if workers > 1 and len(shards) > 1:
         with ProcessPoolExecutor(workers) as pool:
-            reports = list(pool.map(validate_shard, shards))
+            reports = list(pool.map(one, shards))
     else:
-        reports = [validate_shard(s) for s in shards]
+        reports = [one(s) for s in shards]
     bad = collections.Counter()
     for r in reports:
         bad.update(r.bad)

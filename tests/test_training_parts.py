@@ -202,22 +202,70 @@ def test_a_checkpoint_appears_only_when_complete(tmp_path):
     assert names == ["latest", "step-00000010", "step-00000030"]
 
 
-def test_preemption_handler_only_sets_a_flag_and_saves_once(tmp_path):
+@pytest.fixture
+def signal_state():
+    """A fresh SignalState with its handlers installed, the previous handlers restored afterwards."""
     import signal as _signal
 
+    from train.signals import SignalState
+
+    previous = {s: _signal.getsignal(s) for s in (_signal.SIGUSR1, _signal.SIGTERM)}
+    state = SignalState()
+    state.install()
+    yield state
+    for s, handler in previous.items():
+        _signal.signal(s, handler)
+
+
+def _preemption(signal_state, requeue=False):
     from train.preemption import PreemptionHandler
 
     saves = []
     checkpoint = SimpleNamespace(last_saved_step=None, save=lambda trainer, module: saves.append(trainer.global_step))
-    handler = PreemptionHandler(checkpoint, requeue=False)
+    handler = PreemptionHandler(checkpoint, signal_state, requeue=requeue)
     trainer = SimpleNamespace(world_size=1, global_step=7, is_global_zero=True, should_stop=False)
-    module = SimpleNamespace(device=torch.device("cpu"))
+    module = SimpleNamespace(device=torch.device("cpu"), preempted=False)
+    return handler, trainer, module, saves
+
+
+def test_preemption_handler_only_sets_a_flag_and_saves_once(signal_state):
+    import signal as _signal
+
+    handler, trainer, module, saves = _preemption(signal_state)
     handler.on_train_start(trainer, module)
-    try:
-        _signal.raise_signal(_signal.SIGUSR1)
-        _signal.raise_signal(_signal.SIGUSR1)  # a second signal: still just the flag
-        assert saves == [] and handler.received == 2
-        handler.on_train_batch_end(trainer, module, None, None, 0)
-    finally:
-        handler.on_train_end(trainer, module)
+    assert not trainer.should_stop
+    _signal.raise_signal(_signal.SIGUSR1)
+    _signal.raise_signal(_signal.SIGUSR1)  # a second signal: still just the flag
+    assert saves == [] and handler.received == 2
+    handler.on_train_batch_end(trainer, module, None, None, 0)
     assert saves == [7] and trainer.should_stop and module.preempted
+
+
+def test_a_signal_during_start_up_stops_at_train_start_with_nothing_to_save(signal_state, capsys):
+    import signal as _signal
+
+    _signal.raise_signal(_signal.SIGTERM)  # while models load: the process lives on, the flag is set
+    handler, trainer, module, saves = _preemption(signal_state, requeue=True)
+    handler.on_train_start(trainer, module)
+    assert trainer.should_stop and module.preempted and saves == []
+    out = capsys.readouterr().out
+    assert "termination signal received; stopping before the first step (at step 7)" in out
+    assert "nothing to requeue" not in out, "SIGTERM stops without a requeue"
+
+
+def test_a_signal_in_the_end_phase_skips_the_export(signal_state, tmp_path, capsys, monkeypatch):
+    import signal as _signal
+
+    from train.checkpointing import ExportOnEnd
+
+    handler, trainer, module, saves = _preemption(signal_state, requeue=True)
+    trainer.strategy = SimpleNamespace(barrier=lambda name=None: None)
+    export = ExportOnEnd(SimpleNamespace(last_saved=tmp_path / "ckpt", dirpath=tmp_path), tmp_path, preemption=handler)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert not handler.interrupts_end_phase(trainer, module)
+    _signal.raise_signal(_signal.SIGUSR1)  # during the final eval
+    export.on_train_end(trainer, module)
+    assert export.exported == [] and module.preempted and saves == []
+    out = capsys.readouterr().out
+    assert "time-limit warning (requeue) signal received; stopping after the final checkpoint (step 7)" in out
+    assert "not a SLURM job, nothing to requeue" in out

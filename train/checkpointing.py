@@ -23,13 +23,20 @@ import json
 import os
 import re
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["StepCheckpoint", "ExportOnEnd", "find_latest", "resolve_resume", "checkpoint_file", "DDP_FILE", "EMA_FILE"]
+from .errors import UserError
+from .integrity import MANIFEST, CheckpointError, archive_problem, verify_checkpoint, write_manifest
+
+__all__ = ["StepCheckpoint", "ExportOnEnd", "GuardedCheckpointIO", "CheckpointWriteError", "is_write_error", "step_folders", "find_latest", "newest_intact", "verified",
+           "resolve_resume", "checkpoint_file", "DDP_FILE", "EMA_FILE"]
 
 DDP_FILE = "model.ckpt"
 EMA_FILE = "ema.safetensors"
@@ -40,14 +47,49 @@ def _is_deepspeed(trainer: L.Trainer) -> bool:
     return type(trainer.strategy).__name__.endswith("DeepSpeedStrategy")
 
 
-def find_latest(checkpoint_dir: str | Path) -> Path | None:
-    """The newest complete ``step-N`` checkpoint, or None."""
+def step_folders(checkpoint_dir: str | Path) -> list[Path]:
+    """Every published ``step-N`` folder (renamed into place, so complete when written), newest first."""
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
-        return None
+        return []
     steps = [(int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
-    complete = [(s, p) for s, p in steps if (p / "meta.json").is_file()]
-    return max(complete)[1] if complete else None
+    return [p for _, p in sorted(steps, reverse=True)]
+
+
+def find_latest(checkpoint_dir: str | Path) -> Path | None:
+    """The newest ``step-N`` checkpoint that looks complete (not verified: see :func:`newest_intact`), or None."""
+    complete = [p for p in step_folders(checkpoint_dir) if (p / MANIFEST).is_file() or (p / "meta.json").is_file()]
+    return complete[0] if complete else None
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def newest_intact(checkpoint_dir: str | Path, say=print) -> Path | None:
+    """The newest checkpoint that passes :func:`~train.integrity.verify_checkpoint`; None if there is none at all.
+
+    Damaged ones are skipped, each reported through ``say`` with the reason. If
+    every checkpoint is damaged, raises :class:`CheckpointError` listing them:
+    a run never starts from scratch over checkpoints it could not read.
+    """
+    folders = step_folders(checkpoint_dir)
+    damaged: list[str] = []
+    for folder in folders:
+        verdict = verify_checkpoint(folder)
+        if verdict:
+            if not verdict.full:
+                say(f"checkpoint {folder.name}: {verdict.checked}")
+            if damaged:
+                say(f"using {folder}, the newest intact checkpoint")
+            return folder
+        damaged.append(f"{folder.name} ({verdict.problem})")
+        say(f"skipping damaged checkpoint {folder}: {verdict.problem}")
+    if damaged:
+        raise CheckpointError(
+            f"every checkpoint in {checkpoint_dir} is damaged: {'; '.join(damaged)}. Nothing was started: move them "
+            f"away (or delete them) to start from scratch, or restore an intact copy")
+    return None
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -58,34 +100,113 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
-    """``None``, ``"auto"`` (latest in output_dir, or nothing on a fresh start) or a path -> checkpoint path."""
+def verified(path: str | Path, say=print) -> Path:
+    """A checkpoint path given by the user (step folder, file in one, run folder, DeepSpeed folder), checked.
+
+    A run folder (with ``checkpoints/``) means its newest intact checkpoint; any
+    other path must be intact itself, else :class:`CheckpointError` says why.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir() and _STEP_DIR.match(path.name) is None and (path / "checkpoints").is_dir():
+        latest = newest_intact(path / "checkpoints", say)  # an output_dir was given
+        if latest is None:
+            raise CheckpointError(f"{path} has no complete checkpoint under checkpoints/")
+        return latest
+    # The checkpoint folder: the path itself, or the one holding it (model.ckpt, DeepSpeed's checkpoint/).
+    folder = next((p for p in (path, path.parent) if p.is_dir() and (_STEP_DIR.match(p.name) or (p / MANIFEST).is_file())),
+                  None)
+    if folder is not None:
+        verdict = verify_checkpoint(folder)
+        if not verdict:
+            raise CheckpointError(f"checkpoint {folder} is damaged: {verdict.problem}")
+        if not verdict.full:
+            say(f"checkpoint {folder.name}: {verdict.checked}")
+    elif path.is_file() and path.suffix in (".ckpt", ".pt"):  # a checkpoint file of another tool
+        problem = archive_problem(path)
+        if problem:
+            raise CheckpointError(f"checkpoint {path} is damaged: {problem}")
+    return path
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path, say=_quiet) -> Path | None:
+    """``None``, ``"auto"`` (newest intact in output_dir, or nothing on a fresh start) or a path -> checkpoint path."""
     if not resume:
         return None
     if resume == "auto":
-        latest = find_latest(Path(output_dir) / "checkpoints")
+        latest = newest_intact(Path(output_dir) / "checkpoints", say)
         return checkpoint_file(latest) if latest else None
-    path = Path(resume)
-    if not path.exists():
-        raise FileNotFoundError(f"resume checkpoint {path} does not exist")
-    if path.is_dir() and _STEP_DIR.match(path.name) is None and (path / "checkpoints").is_dir():
-        latest = find_latest(path / "checkpoints")  # an output_dir was given
-        if latest is None:
-            raise FileNotFoundError(f"{path} has no complete checkpoint under checkpoints/")
-        path = latest
-    return checkpoint_file(path)
+    return checkpoint_file(verified(resume, say))
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint could not be written (disk full, quota, permissions, read-only): the run stops on every rank."""
+
+    exit_code = 1
+
+
+def is_write_error(exc: BaseException) -> bool:
+    """An error from writing files (torch.save and safetensors report ENOSPC & co. as their own exception types)."""
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc)
+    return isinstance(exc, Exception) and any(s in text for s in _WRITE_FAILURES)
+
+
+# How torch.save (its C++ zip writer) and safetensors report a failed write: without an errno.
+_WRITE_FAILURES = ("file write failed", "PytorchStreamWriter", "inline_container.cc", "iostream error", "No space left",
+                   "Disk quota", "Read-only file system", "Permission denied", "StorageFull", "QuotaExceeded",
+                   "ReadOnlyFilesystem")
+
+
+class GuardedCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but while :class:`StepCheckpoint` saves, a write error is recorded, not raised.
+
+    Under DDP only rank 0 writes the file; raising there would skip the barrier
+    the other ranks wait in. Recorded, the error reaches the collective after the
+    write, where every rank learns of it and stops (see ``StepCheckpoint.save``).
+    Hand the same object to ``Trainer(plugins=[...])`` and to the callback.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.recording = False
+        self.error: BaseException | None = None
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        try:
+            super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+        except Exception as exc:  # noqa: BLE001 - only write errors are held back
+            if not (self.recording and is_write_error(exc)):
+                raise
+            self.error = exc
+
+    def take_error(self) -> BaseException | None:
+        error, self.error = self.error, None
+        return error
 
 
 class StepCheckpoint(Callback):
-    """Save every ``every_n_steps`` optimizer steps and at the end of training; keep the last ``keep_last``."""
+    """Save every ``every_n_steps`` optimizer steps and at the end of training; keep the last ``keep_last``.
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int, keep_last: int = 3, branch_config: dict | None = None):
+    ``every_n_steps=0``: only at the end of training (and when a signal stops it).
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int, keep_last: int = 3, branch_config: dict | None = None,
+                 io: GuardedCheckpointIO | None = None):
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
         self.keep_last = keep_last
         self.branch_config = branch_config or {}
+        self.io = io
         self.last_saved_step: int | None = None
-        self.saved: list[Path] = []
+        self.last_saved: Path | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # The state training starts from is saved already (the resumed checkpoint) or is nothing worth saving
+        # (step 0): a run stopped before its first step writes nothing new.
+        self.last_saved_step = trainer.global_step
 
     # Lightning callback state: nothing to restore beyond what the trainer has.
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -98,39 +219,103 @@ class StepCheckpoint(Callback):
             self.save(trainer, pl_module)
 
     def save(self, trainer: L.Trainer, pl_module: L.LightningModule | None = None) -> Path:
-        """Collective: every rank must call it at the same step."""
+        """Collective: every rank must call it at the same step.
+
+        A write error on any rank (disk full, quota, permissions, read-only) removes
+        the partial ``step-N.tmp-*`` folder and raises :class:`CheckpointWriteError`
+        on every rank, naming the path, the error and the newest complete checkpoint.
+        """
         step = trainer.global_step
         final = self.dirpath / f"step-{step:08d}"
         tmp = self.dirpath / f"{final.name}.tmp-{int(time.time())}"
         tmp = Path(trainer.strategy.broadcast(str(tmp)))  # one name for every rank
+        failure = None
         if trainer.is_global_zero:
-            self.dirpath.mkdir(parents=True, exist_ok=True)
-            for stale in self.dirpath.glob("*.tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        trainer.strategy.barrier("brushtrain-ckpt-start")
+            failure = _attempt(self._make_folder, tmp)
+        self._settle(trainer, tmp, step, failure)  # every rank, instead of a barrier
         target = tmp if _is_deepspeed(trainer) else tmp / DDP_FILE
-        trainer.save_checkpoint(target, weights_only=False)  # full state; DeepSpeed: every rank writes its shards
-        trainer.strategy.barrier("brushtrain-ckpt-written")
+        if self.io is not None:
+            self.io.recording = True
+        try:
+            trainer.save_checkpoint(target, weights_only=False)  # full state; DeepSpeed: every rank writes its shards
+        except Exception as exc:
+            if not is_write_error(exc):
+                raise
+            # Raised inside DeepSpeed's own writer: this rank cannot rejoin the collectives the others wait in.
+            self._give_up(trainer, tmp, step, _describe(exc, trainer.global_rank, tmp))
+        finally:
+            if self.io is not None:
+                self.io.recording = False
+        failure = self.io.take_error() if self.io is not None else None
+        self._settle(trainer, tmp, step, failure and _describe(failure, trainer.global_rank, tmp))
         if trainer.is_global_zero:
-            (tmp / "brushnet_config.json").write_text(json.dumps(self.branch_config, indent=2))
-            ema = getattr(pl_module, "ema", None)
-            if ema is not None:  # identical on every rank; a plain file for export
-                from safetensors.torch import save_file
-
-                save_file({k: v.contiguous() for k, v in ema.state_dict()["shadow"].items()}, str(tmp / EMA_FILE))
-            meta = {"step": step, "epoch": trainer.current_epoch, "strategy": type(trainer.strategy).__name__,
-                    "world_size": trainer.world_size, "time": time.time()}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-            _fsync_tree(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _write_atomic(self.dirpath / "latest", final.name + "\n")
-            self._prune()
-        trainer.strategy.barrier("brushtrain-ckpt-done")
-        self.last_saved_step = step
+            failure = _attempt(self._publish, trainer, pl_module, tmp, final)
+        self._settle(trainer, tmp, step, failure)
+        self.last_saved_step, self.last_saved = step, final
         return final
+
+    def _make_folder(self, tmp: Path) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        for stale in self.dirpath.glob("*.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir(parents=True)
+
+    def _publish(self, trainer, pl_module, tmp: Path, final: Path) -> None:
+        """Rank 0: the extra files, the manifest (last), then the rename that makes the checkpoint exist."""
+        (tmp / "brushnet_config.json").write_text(json.dumps(self.branch_config, indent=2))
+        ema = getattr(pl_module, "ema", None)
+        if ema is not None:  # identical on every rank; a plain file for export
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in ema.state_dict()["shadow"].items()}, str(tmp / EMA_FILE))
+        meta = {"step": trainer.global_step, "epoch": trainer.current_epoch, "strategy": type(trainer.strategy).__name__,
+                "world_size": trainer.world_size, "time": time.time()}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        _fsync_tree(tmp)
+        write_manifest(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        try:  # the checkpoint exists now; `latest` is a convenience for people and scripts
+            _write_atomic(self.dirpath / "latest", final.name + "\n")
+        except OSError as exc:
+            print(f"brushtrain: checkpoint {final} is complete, but {self.dirpath / 'latest'} could not be updated: {exc}",
+                  flush=True)
+        self._prune()
+
+    def _settle(self, trainer, tmp: Path, step: int, failure: str | None) -> None:
+        """Collective: every rank learns whether any rank failed to write; if one did, all raise together."""
+        failures = [failure] if trainer.world_size == 1 else _all_gather(failure)
+        failures = [f for f in failures if f]
+        if not failures:
+            return
+        message = self._message(tmp, step, failures, remove=trainer.is_global_zero)
+        if trainer.is_global_zero:
+            print(f"brushtrain: {message}", file=sys.stderr, flush=True)
+        error = CheckpointWriteError(message)
+        error.rank_zero_only = True
+        error.reported = True
+        raise error
+
+    def _give_up(self, trainer, tmp: Path, step: int, failure: str) -> None:
+        """Alone (the other ranks are inside a collective): clean up, say why, end the local processes, raise."""
+        message = self._message(tmp, step, [failure], remove=True)
+        print(f"brushtrain: {message}", file=sys.stderr, flush=True)
+        launcher = getattr(trainer.strategy, "launcher", None)
+        if launcher is not None and getattr(launcher, "procs", None):  # processes Lightning started: they would wait
+            launcher.kill(signal.SIGKILL)
+        error = CheckpointWriteError(message)
+        error.reported = True
+        raise error
+
+    def _message(self, tmp: Path, step: int, failures: list[str], remove: bool) -> str:
+        if remove:
+            shutil.rmtree(tmp, ignore_errors=True)
+        cleanup = "removed the partial folder" if not tmp.exists() else "could not remove the partial folder"
+        newest = find_latest(self.dirpath)
+        newest = (f"the newest complete checkpoint is {newest} (resume=auto continues from it once the problem is fixed)"
+                  if newest else "there is no complete checkpoint yet")
+        return (f"could not write the checkpoint of step {step} to {tmp}: {'; '.join(failures)}; {cleanup}; {newest}")
 
     def _prune(self) -> None:
         steps = sorted((int(m.group(1)), p) for p in self.dirpath.iterdir() if (m := _STEP_DIR.match(p.name)))
@@ -138,10 +323,44 @@ class StepCheckpoint(Callback):
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _attempt(fn, *args) -> str | None:
+    """Run a rank's own writing step; a write error becomes its description (raised later, on every rank)."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        if not is_write_error(exc):
+            raise
+        return _describe(exc, 0)
+    return None
+
+
+def _describe(exc: BaseException, rank: int, folder: Path | None = None) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if not isinstance(exc, OSError) and folder is not None:  # torch's own messages do not say why a write failed
+        try:
+            stat = os.statvfs(folder if folder.exists() else folder.parent)
+            if stat.f_bavail * stat.f_frsize < 1 << 20:
+                text += f" (the filesystem is full: {stat.f_bavail * stat.f_frsize} bytes free)"
+        except OSError:
+            pass
+    return f"rank {rank}: {text}"
+
+
+def _all_gather(obj) -> list:
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -152,24 +371,38 @@ def _fsync_tree(root: Path) -> None:
 
 
 class ExportOnEnd(Callback):
-    """At the end of training, rank 0 exports the final checkpoint to ``<output_dir>/brushnet`` (and ``-ema``)."""
+    """At the end of training, rank 0 exports the final checkpoint to ``<output_dir>/brushnet`` (and ``-ema``).
 
-    def __init__(self, checkpoint_callback, output_dir: str | Path, ema: bool = False):
+    Skipped when a signal stopped training, or arrives before the export (``preemption``
+    decides, on every rank together): the next run, or ``brushtrain export``, exports it.
+    """
+
+    def __init__(self, checkpoint_callback, output_dir: str | Path, ema: bool = False, preemption=None):
         self.checkpoint_callback = checkpoint_callback
         self.output_dir = Path(output_dir)
         self.ema = ema
+        self.preemption = preemption
         self.exported: list[Path] = []
 
     def on_train_end(self, trainer, pl_module) -> None:
         # Runs after StepCheckpoint.on_train_end (callback order), so the final checkpoint exists.
-        from .export import export_branch
-
         if getattr(pl_module, "preempted", False):
             return  # the requeued job exports when it finishes
+        if self.preemption is not None and self.preemption.interrupts_end_phase(trainer, pl_module):
+            return
         if trainer.is_global_zero:
-            latest = find_latest(self.checkpoint_callback.dirpath)
-            targets = [(self.output_dir / "brushnet", False)] + ([(self.output_dir / "brushnet-ema", True)] if self.ema else [])
-            for out, ema in targets:
-                self.exported.append(export_branch(latest, out, ema=ema))
-                print(f"exported {'EMA ' if ema else ''}branch (reference layout) to {out}", flush=True)
+            final = self.checkpoint_callback.last_saved or find_latest(self.checkpoint_callback.dirpath)
+            self.exported += export_final(final, self.output_dir, self.ema)
         trainer.strategy.barrier("brushtrain-export")
+
+
+def export_final(checkpoint: Path, output_dir: Path, ema: bool, verify: bool = False) -> list[Path]:
+    """``<output_dir>/brushnet`` (and ``brushnet-ema``) from a checkpoint this run wrote."""
+    from .export import export_branch
+
+    targets = [(output_dir / "brushnet", False)] + ([(output_dir / "brushnet-ema", True)] if ema else [])
+    done = []
+    for out, use_ema in targets:
+        done.append(export_branch(checkpoint, out, ema=use_ema, verify=verify))
+        print(f"exported {'EMA ' if use_ema else ''}branch (reference layout) to {out}", flush=True)
+    return done

@@ -22,10 +22,6 @@ COMMANDS = {
 }
 
 
-# Errors that describe bad input (a message is enough, no traceback).
-_USER_ERRORS = {"CheckpointError", "ShardSpecError", "RLEError", "UsageError", "ToolConfigError"}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brushtrain",
@@ -42,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["fit"]:
+        # The process is `brushtrain fit`: before the heavy imports, so that a requeue/stop signal
+        # during start-up is remembered (and acted on when training starts), not fatal.
+        from .signals import install
+
+        install()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also come after a later option (`fit -c a.yaml k=v -c b.yaml k2=v2`).
@@ -49,21 +51,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from .config import ConfigError
+    from .errors import UserError
 
     try:
         return int(args._run(args) or 0)
-    except ConfigError as exc:
-        print(f"brushtrain {args.command}: config error: {exc}", file=sys.stderr)
-        return 2
+    except UserError as exc:  # bad input or environment: one message, no traceback
+        if not exc.reported and not (exc.rank_zero_only and _rank() != 0):
+            print(f"brushtrain {args.command}: {exc.prefix}{exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     except (FileNotFoundError, FileExistsError) as exc:
         print(f"brushtrain {args.command}: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
-        if type(exc).__name__ in _USER_ERRORS:
-            print(f"brushtrain {args.command}: {exc}", file=sys.stderr)
-            return 2
-        raise
+
+
+def _rank() -> int:
+    from launch.env import detect_launch
+
+    return detect_launch().rank
 
 
 if __name__ == "__main__":  # pragma: no cover

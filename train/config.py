@@ -13,17 +13,21 @@ from typing import Sequence, Type
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import UserError
+
 __all__ = ["ConfigError", "UsageError", "compose", "to_yaml", "to_public_dict"]
 
 # Config keys whose values must never be written to disk or logs.
 SECRET_KEYS = ("api_key", "token", "password", "secret")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message says which and why."""
 
+    prefix = "config error: "
 
-class UsageError(ValueError):
+
+class UsageError(UserError, ValueError):
     """Command-line input that cannot be used (a file of the wrong size, ...); the message says why."""
 
 
@@ -41,8 +45,15 @@ def compose(schema: Type, files: Sequence[str | Path] = (), overrides: Sequence[
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}")
+    problems = []
+    for override in overrides:  # one at a time, so that every bad one is named in the same message
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+        except OmegaConfBaseException as exc:
+            problems.append(f"{override}: {_describe(exc)}")
+    if problems:
+        raise ConfigError(f"command-line override{'s' if len(problems) > 1 else ''} {'; '.join(problems)}")
     try:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         OmegaConf.resolve(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"command-line override: {_describe(exc)}") from None

@@ -42,8 +42,9 @@ def heldout_batches(data_cfg, shards: list[str], samples: int) -> list[dict]:
 
 
 class DenoisingEval(Callback):
-    def __init__(self, eval_cfg, data_cfg, out_file: str | Path):
+    def __init__(self, eval_cfg, data_cfg, out_file: str | Path, preemption=None):
         self.cfg = eval_cfg
+        self.preemption = preemption  # asked, on every rank, before the end-of-run eval
         self.data_cfg = data_cfg
         self.out_file = Path(out_file)
         self._batches: list[dict] | None = None
@@ -78,7 +79,7 @@ class DenoisingEval(Callback):
         return record
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.cfg.at_start:
+        if self.cfg.at_start and not getattr(pl_module, "preempted", False):
             self.evaluate(trainer, pl_module, "start")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -88,5 +89,7 @@ class DenoisingEval(Callback):
             self.evaluate(trainer, pl_module, "during")
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.cfg.at_end and not getattr(pl_module, "preempted", False):
+        if not self.cfg.at_end or getattr(pl_module, "preempted", False):
+            return
+        if self.preemption is None or not self.preemption.interrupts_end_phase(trainer, pl_module):
             self.evaluate(trainer, pl_module, "end")

@@ -3,41 +3,43 @@
 Works on our step checkpoints from DDP / single-process runs (Lightning's
 ``model.ckpt``, read with ``weights_only=True``) and from DeepSpeed ZeRO-2/3
 runs (shards consolidated to fp32 with DeepSpeed's own ``zero_to_fp32``), and
-on a run folder (its latest checkpoint). ``--ema`` exports the EMA weights.
+on a run folder (its newest intact checkpoint). The checkpoint is verified
+against its manifest first (``train/integrity.py``); a damaged one is refused
+with the reason. ``--ema`` exports the EMA weights.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 __all__ = ["CheckpointError", "branch_state_dict", "export_branch", "add_arguments", "run"]
 
+from .integrity import CheckpointError
+
 _PREFIX = "brushnet."
 
 
-class CheckpointError(ValueError):
-    """A path that is not a usable checkpoint; the message says why."""
+def _say(message: str) -> None:
+    print(f"brushtrain export: {message}", file=sys.stderr, flush=True)
 
 
-def _step_dir(path: Path) -> Path:
-    from .checkpointing import find_latest
+def branch_state_dict(checkpoint: str | Path, ema: bool = False, verify: bool = True) -> tuple[dict, dict]:
+    """(branch state dict, branch config) from a checkpoint.
 
-    if path.is_dir() and (path / "checkpoints").is_dir():  # a run's output_dir
-        latest = find_latest(path / "checkpoints")
-        if latest is None:
-            raise FileNotFoundError(f"{path} has no complete checkpoint under checkpoints/")
-        return latest
-    return path
-
-
-def branch_state_dict(checkpoint: str | Path, ema: bool = False) -> tuple[dict, dict]:
-    """(branch state dict, branch config) from a checkpoint."""
+    ``verify``: check the checkpoint against its manifest first (a run folder: its
+    newest intact checkpoint; damaged ones are skipped and named).
+    """
     import torch
 
-    from .checkpointing import DDP_FILE, EMA_FILE
+    from .checkpointing import DDP_FILE, EMA_FILE, find_latest, verified
 
-    path = _step_dir(Path(checkpoint))
+    path = Path(checkpoint)
+    if verify:
+        path = verified(path, _say)
+    elif path.is_dir() and (path / "checkpoints").is_dir():
+        path = find_latest(path / "checkpoints") or path
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     folder = path if path.is_dir() else path.parent
@@ -70,11 +72,11 @@ def branch_state_dict(checkpoint: str | Path, ema: bool = False) -> tuple[dict, 
     return state, config
 
 
-def export_branch(checkpoint: str | Path, out_dir: str | Path, ema: bool = False) -> Path:
+def export_branch(checkpoint: str | Path, out_dir: str | Path, ema: bool = False, verify: bool = True) -> Path:
     """Write the branch as a reference-layout folder, atomically; returns the folder."""
     from .brushnet import BrushNetModel
 
-    state, config = branch_state_dict(checkpoint, ema=ema)
+    state, config = branch_state_dict(checkpoint, ema=ema, verify=verify)
     branch = BrushNetModel.from_config(config)
     missing, unexpected = branch.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     if missing or unexpected:

@@ -19,7 +19,8 @@ import os
 import time
 from pathlib import Path
 
-from .config import ConfigError, compose, to_public_dict, to_yaml
+from .config import compose, to_public_dict, to_yaml
+from .validation import generated as _generated
 
 __all__ = ["add_arguments", "run", "load_fit_config", "DEFAULT_CONFIG"]
 
@@ -53,67 +54,6 @@ def load_fit_config(files, overrides, launch=None):
     forced = [f"trainer.{k}={v}" for k, v in launch.trainer_overrides.items()]
     cfg = compose(FitConfig, files, list(overrides) + forced)
     return cfg, launch
-
-
-def _local_or_hub_id(value: str) -> bool:
-    """An existing local path, or something shaped like a hub id (org/name) to download."""
-    return Path(value).expanduser().exists() or (value.count("/") == 1 and not value.startswith((".", "/", "~")))
-
-
-def _check(cfg) -> None:
-    """Everything that can be checked before any work starts; one message for all problems."""
-    problems = []
-    base = cfg.model.base
-    if not base:
-        problems.append("model.base is empty (a diffusers folder, a hub id, or tiny:sd15 / tiny:sdxl)")
-    elif _generated(base):
-        if base.split(":", 1)[1] not in ("sd15", "sdxl"):
-            problems.append(f"model.base {base!r}: generated bases are tiny:sd15, tiny:sdxl, random:sd15, random:sdxl")
-    elif not _local_or_hub_id(base):
-        problems.append(f"model.base {base!r} does not exist (and is not a hub id like org/name)")
-    elif Path(base).expanduser().exists() and not (Path(base).expanduser() / "unet").is_dir():
-        problems.append(f"model.base {base!r} is not a diffusers model folder (no unet/ inside)")
-    if cfg.model.brushnet and not _local_or_hub_id(cfg.model.brushnet):
-        problems.append(f"model.brushnet {cfg.model.brushnet!r} does not exist (and is not a hub id like org/name)")
-    if cfg.model.frozen_dtype not in ("bf16", "fp16", "fp32"):
-        problems.append(f"model.frozen_dtype must be bf16, fp16 or fp32, got {cfg.model.frozen_dtype!r}")
-    if cfg.model.prediction_type not in (None, "epsilon", "v_prediction"):
-        problems.append(f"model.prediction_type must be epsilon or v_prediction, got {cfg.model.prediction_type!r}")
-    from data.shards import shard_specs
-
-    if not shard_specs(cfg.data.shards) and not cfg.synth.enabled:
-        problems.append("data.shards is empty (set it, or synth.enabled=true for synthetic data)")
-    if cfg.data.batch_size < 1:
-        problems.append("data.batch_size must be >= 1")
-    if cfg.trainer.max_steps < 1:
-        problems.append("trainer.max_steps must be >= 1")
-    if cfg.optim.schedule not in ("constant", "cosine"):
-        problems.append(f"optim.schedule must be 'constant' or 'cosine', got {cfg.optim.schedule!r}")
-    if cfg.trainer.strategy not in ("auto", "ddp", "deepspeed"):
-        problems.append(f"trainer.strategy must be auto, ddp or deepspeed, got {cfg.trainer.strategy!r}")
-    if cfg.trainer.strategy == "deepspeed":
-        import torch
-
-        from .strategy import deepspeed_problem
-
-        problem = deepspeed_problem(cfg, on_cpu=cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available())
-        if problem:
-            problems.append(problem)
-    if cfg.resume not in (None, "auto") and not Path(cfg.resume).exists():
-        problems.append(f"resume {cfg.resume!r} does not exist (a checkpoint path or 'auto')")
-    if problems:
-        raise ConfigError("; ".join(problems))
-
-
-def _check_shards(cfg) -> None:
-    from data.shards import ShardSpecError, expand_shards, shard_specs
-
-    for key, value in (("data.shards", cfg.data.shards), ("eval.shards", cfg.eval.shards)):
-        try:
-            if shard_specs(value):
-                expand_shards(value)
-        except ShardSpecError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
 
 
 def _wait_for(path: Path, what: str, timeout: float = 1800) -> None:
@@ -169,10 +109,6 @@ def _finished_step(checkpoint: Path | None) -> int | None:
     return int(json.loads(meta.read_text())["step"]) if meta.is_file() else None
 
 
-def _generated(base: str) -> bool:
-    return base.startswith(("tiny:", "random:"))
-
-
 def _generated_path(cfg) -> Path:
     """Where tiny:<kind> / random:<kind> bases are written: <output_dir>/base-<tiny|random>-<kind>."""
     return Path(cfg.output_dir) / f"base-{cfg.model.base.replace(':', '-')}"
@@ -213,18 +149,45 @@ def _quiet_libraries() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .checkpointing import resolve_resume
+    from .validation import validate
+
     cfg, launch = load_fit_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
     _quiet_libraries()
-    _check(cfg)
-    _check_shards(cfg)  # before writing anything (synthetic dirs are not in data.shards)
+    validate(cfg, launch)  # every setting, before any model, file or logger
+    say = (lambda m: print(f"brushtrain fit: {m}", flush=True)) if launch.is_rank_zero else (lambda m: None)
+    resume = resolve_resume(cfg.resume, cfg.output_dir, say)  # verified; damaged checkpoints are skipped
+    done = _finished_step(resume)
+    if done is not None and done >= cfg.trainer.max_steps:
+        return _already_done(cfg, launch, resume, done)
     _prepare_files(cfg, launch)
-    return train(cfg, launch)
+    return train(cfg, launch, resume)
 
 
-def _callbacks(cfg, out: Path, base, branch, data_cfg) -> list:
+def _already_done(cfg, launch, resume: Path, done: int) -> int:
+    """The newest checkpoint is at (or past) max_steps: finish an export a signal cut short, else nothing to do."""
+    from .checkpointing import export_final
+
+    out = Path(cfg.output_dir)
+    if not launch.is_rank_zero:
+        return 0
+    folder = resume if resume.is_dir() else resume.parent
+    exported = out / "brushnet" / "config.json"
+    if cfg.checkpoint.export_on_end and (
+            not exported.is_file() or exported.stat().st_mtime < (folder / "meta.json").stat().st_mtime):
+        print(f"brushtrain fit: {out} reached step {done}; exporting {folder.name} (its export had not been written)",
+              flush=True)
+        export_final(folder, out, ema=cfg.ema.enabled)
+        return 0
+    print(f"brushtrain fit: {out} already reached step {done} (trainer.max_steps={cfg.trainer.max_steps}); "
+          f"nothing to do. Raise trainer.max_steps to train on; the branch is in {out / 'brushnet'}", flush=True)
+    return 0
+
+
+def _callbacks(cfg, out: Path, base, branch, data_cfg, io) -> list:
     """Checkpoints, held-out eval, export, metrics, progress and samples, in the order they must run."""
     from data.shards import shard_specs
 
@@ -236,18 +199,21 @@ def _callbacks(cfg, out: Path, base, branch, data_cfg) -> list:
     from .samples import SampleGrids
 
     checkpoint = StepCheckpoint(out / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last,
-                                branch.plain_config())
+                                branch.plain_config(), io=io)
     from .preemption import PreemptionHandler
+    from .signals import SIGNALS
 
     # Checkpoint first (on_train_end saves before eval and export read it), then the preemption check.
-    callbacks = [checkpoint, PreemptionHandler(checkpoint, requeue=cfg.trainer.requeue_on_signal)]
+    preemption = PreemptionHandler(checkpoint, SIGNALS, requeue=cfg.trainer.requeue_on_signal)
+    callbacks = [checkpoint, preemption]
     eval_shards = shard_specs(cfg.eval.shards) or ([cfg.synth.eval_dir] if cfg.synth.enabled else [])
     if eval_shards:
         from omegaconf import OmegaConf
 
-        callbacks.append(DenoisingEval(OmegaConf.merge(cfg.eval, {"shards": eval_shards}), data_cfg, out / "eval.json"))
+        callbacks.append(DenoisingEval(OmegaConf.merge(cfg.eval, {"shards": eval_shards}), data_cfg, out / "eval.json",
+                                       preemption=preemption))
     if cfg.checkpoint.export_on_end:
-        callbacks.append(ExportOnEnd(checkpoint, out, ema=cfg.ema.enabled))
+        callbacks.append(ExportOnEnd(checkpoint, out, ema=cfg.ema.enabled, preemption=preemption))
     every = cfg.trainer.log_every_n_steps
     flops = training_flops_per_sample(base, branch, cfg.data.resolution)["total"]
     metrics = TrainingMetrics(every, flops_per_sample=flops, peak_override=cfg.metrics.peak_tflops)
@@ -279,13 +245,14 @@ def _devices(cfg) -> tuple[str, object, int]:
     return accelerator, devices, n_local
 
 
-def train(cfg, launch) -> int:
+def train(cfg, launch, resume: Path | None = None) -> int:
+    """Build the models and the Trainer and fit, from ``resume`` (a verified checkpoint) if given."""
     import lightning as L
 
     from data.datamodule import BrushDataModule
 
     from .brushnet import BrushNetModel
-    from .checkpointing import resolve_resume
+    from .checkpointing import GuardedCheckpointIO
     from .components import load_base
     from .loggers import build_loggers
     from .module import BrushNetModule
@@ -307,7 +274,8 @@ def train(cfg, launch) -> int:
         record_keys_to=str(out / "consumed") if cfg.debug.record_keys else None,
     )
     data_cfg = _data_config(cfg)
-    plugins = []
+    io = GuardedCheckpointIO()  # a write error while checkpointing reaches every rank (StepCheckpoint)
+    plugins = [io]
     if launch.launcher == "slurm":
         from lightning.pytorch.plugins.environments import SLURMEnvironment
 
@@ -316,17 +284,10 @@ def train(cfg, launch) -> int:
         accelerator=accelerator, devices=devices, num_nodes=cfg.trainer.num_nodes, strategy=strategy,
         precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps, max_epochs=-1,
         logger=build_loggers(cfg, out, to_public_dict(cfg), launch.is_rank_zero) or False,
-        callbacks=_callbacks(cfg, out, base, branch, data_cfg), enable_checkpointing=False,
+        callbacks=_callbacks(cfg, out, base, branch, data_cfg, io), enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=cfg.trainer.log_every_n_steps,
-        default_root_dir=out, num_sanity_val_steps=0, limit_val_batches=0, plugins=plugins or None,
+        default_root_dir=out, num_sanity_val_steps=0, limit_val_batches=0, plugins=plugins,
     )
-    resume = resolve_resume(cfg.resume, out)
-    done = _finished_step(resume)
-    if done is not None and done >= cfg.trainer.max_steps:
-        if trainer.is_global_zero:
-            print(f"brushtrain fit: {out} already reached step {done} (trainer.max_steps={cfg.trainer.max_steps}); "
-                  f"nothing to do. Raise trainer.max_steps to train on; the branch is in {out / 'brushnet'}", flush=True)
-        return 0
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))

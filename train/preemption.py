@@ -1,58 +1,81 @@
 """Preemption and time limits: save together, requeue, resume where the job stopped.
 
-The signal handlers only set a flag (no saving inside a handler). After every
-training step all ranks agree, with one small all-reduce, whether any of them
-was signalled; if so every rank finishes that step, all ranks write a
-checkpoint together (collective under DeepSpeed, atomic as always), and
-training stops. On the requeue signal (SIGUSR1: SLURM's ``--signal=USR1@T``
-warning before the time limit) rank 0 then runs ``scontrol requeue`` so the job
-comes back and resumes (``resume=auto``) with the same data position and W&B
-run. On SIGTERM (``scancel``, a preempting job) it saves and stops without
-requeueing. A second signal while saving only sets the flag again; the
-previous checkpoint is never touched until the new one is complete.
+The signal handlers (:mod:`train.signals`, installed when ``brushtrain fit``
+starts) only set a flag in the :class:`~train.signals.SignalState` this
+callback is handed; nothing is saved inside a handler. The flag is acted on at
+the first safe point, by all ranks together (one small all-reduce decides):
+
+* **during start-up** (imports, model loading, data counting): when training
+  starts, before the first step, with nothing new to save: the newest
+  checkpoint (if any) stays the resume point;
+* **during training**: after the step in flight, all ranks write a checkpoint
+  together (collective under DeepSpeed, atomic as always), and training stops;
+  a signal during a checkpoint acts once that checkpoint is complete;
+* **during the end phase** (held-out eval and export after the final
+  checkpoint): the remaining end-phase work is skipped; the final checkpoint is
+  complete, and the next run (or ``brushtrain export``) exports it.
+
+On the requeue signal (SIGUSR1: SLURM's ``--signal=USR1@T`` warning before the
+time limit) rank 0 then runs ``scontrol requeue`` so the job comes back and
+resumes (``resume=auto``) with the same data position and W&B run. On SIGTERM
+(``scancel``, a preempting job) it stops without requeueing. A second signal
+while saving only sets the flag again; the previous checkpoint is never touched
+until the new one is complete.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
-import threading
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from .signals import REQUEUE, SignalState
+
 __all__ = ["PreemptionHandler"]
 
-_REQUEUE, _STOP = 2, 1
+_REQUEUE = REQUEUE
 
 
 class PreemptionHandler(Callback):
-    def __init__(self, checkpoint_callback, requeue_signal: int = signal.SIGUSR1, requeue: bool = True):
+    def __init__(self, checkpoint_callback, signals: SignalState | None = None, requeue: bool = True):
         self.checkpoint_callback = checkpoint_callback
-        self.requeue_signal = requeue_signal
+        self.signals = signals if signals is not None else SignalState()
         self.requeue = requeue
-        self.received = 0  # 0 none, 1 stop (SIGTERM), 2 requeue (SIGUSR1)
-        self.preempted = False
-        self._previous: dict = {}
+        self.preempted = False  # the run stopped on a signal (training, or the end phase, cut short)
+
+    @property
+    def received(self) -> int:
+        """This process's own flag: 0 none, 1 stop (SIGTERM), 2 requeue (SIGUSR1)."""
+        return self.signals.received
 
     # ------------------------------------------------------------ signals
 
-    def _handler(self, signum, frame) -> None:
-        self.received = max(self.received, _REQUEUE if signum == self.requeue_signal else _STOP)
-
     def on_train_start(self, trainer, pl_module) -> None:
-        # After Lightning registered its own handlers: ours replace them for the duration of training.
-        if threading.current_thread() is threading.main_thread():
-            for signum in (self.requeue_signal, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handler)
+        # Lightning registered its own SIGTERM handler for fit (it would stop the loop with an
+        # exception); ours take over again. Lightning restores the handlers it found at teardown.
+        self.signals.install()
+        decision = self._agreed(trainer, pl_module)
+        if decision:  # a signal during start-up: nothing new to save
+            self._stop(trainer, pl_module, decision, f"before the first step (at step {trainer.global_step}); "
+                       "nothing new to save, the newest checkpoint stays the resume point")
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        for signum, handler in self._previous.items():
-            if handler is not None:
-                signal.signal(signum, handler)
-        self._previous = {}
+    def interrupts_end_phase(self, trainer, pl_module) -> bool:
+        """Collective (every rank, same place): True if a signal asks to cut the end phase short.
+
+        Called by the end-of-training eval and export before their work; the final
+        checkpoint is complete by then.
+        """
+        if self.preempted:
+            return True
+        decision = self._agreed(trainer, pl_module)
+        if decision:
+            self._stop(trainer, pl_module, decision, f"after the final checkpoint (step {trainer.global_step}); "
+                       "skipping the rest of the end phase (eval, export): the next run or `brushtrain export` "
+                       "exports that checkpoint")
+        return bool(decision)
 
     # ------------------------------------------------------------- steps
 
@@ -69,16 +92,21 @@ class PreemptionHandler(Callback):
         if not decision:
             return
         step = trainer.global_step
-        requeue = decision == _REQUEUE and self.requeue
         if trainer.is_global_zero:
             what = "time-limit warning (requeue)" if decision == _REQUEUE else "termination"
             print(f"brushtrain: {what} signal received; saving a checkpoint at step {step} on every rank", flush=True)
         if self.checkpoint_callback.last_saved_step != step:
             self.checkpoint_callback.save(trainer, pl_module)
+        self._stop(trainer, pl_module, decision)
+
+    def _stop(self, trainer, pl_module, decision: int, when: str | None = None) -> None:
+        if when and trainer.is_global_zero:
+            what = "time-limit warning (requeue)" if decision == _REQUEUE else "termination"
+            print(f"brushtrain: {what} signal received; stopping {when}", flush=True)
         self.preempted = True
         pl_module.preempted = True  # eval and export at the end are skipped
         trainer.should_stop = True
-        if requeue and trainer.is_global_zero:
+        if decision == _REQUEUE and self.requeue and trainer.is_global_zero:
             self._requeue()
 
     @staticmethod
@@ -91,6 +119,6 @@ class PreemptionHandler(Callback):
             return
         result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         if result.returncode == 0:
-            print(f"brushtrain: requeued SLURM job {job}; it resumes from the checkpoint just written", flush=True)
+            print(f"brushtrain: requeued SLURM job {job}; it resumes from the newest checkpoint", flush=True)
         else:
             print(f"brushtrain: `scontrol requeue {job}` failed ({result.returncode}): {result.stderr.strip()}", flush=True)

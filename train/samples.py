@@ -120,7 +120,7 @@ class SampleGrids(Callback):
             self._maybe_sample(trainer, pl_module, force=True)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.items is not None:
+        if self.items is not None and not getattr(pl_module, "preempted", False):
             self._maybe_sample(trainer, pl_module, force=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

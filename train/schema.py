@@ -3,7 +3,10 @@
 YAML files in ``configs/`` override these defaults, ``key=value`` arguments
 override the files (``brushtrain fit -c configs/sd15_segmentation.yaml
 trainer.devices=8 data.batch_size=4``). Unknown keys and wrong types are
-rejected when the config is composed.
+rejected when the config is composed; ranges, choices and the rules between
+keys (one line per key in ``train/validation.py``) before any work starts.
+The ``data.*`` keys, including ``data.shard_retries`` / ``data.shard_retry_delay``
+for remote shards, are ``data.brushdata.DataConfig``.
 """
 
 from __future__ import annotations
@@ -60,13 +63,13 @@ class OptimConfig:
 class EMAConfig:
     enabled: bool = False
     decay: float = 0.9999
-    every: int = 1  # update every N optimizer steps
+    every: int = 1  # update every N optimizer steps (>= 1)
     on_cpu: bool = False  # keep the EMA weights in CPU memory
 
 
 @dataclass
 class DeepSpeedConfig:
-    stage: int = 2  # 2 or 3
+    stage: int = 2  # ZeRO stage: 1, 2 or 3
     offload_optimizer: bool = False  # optimizer states (and step) on the CPU: DeepSpeedCPUAdam
     offload_params: bool = False  # ZeRO-3 only: parameters on the CPU
     overlap_comm: bool = True
@@ -81,20 +84,20 @@ class TrainerConfig:
     devices: Any = "auto"  # processes per node: an int, or auto (all GPUs, 1 on CPU)
     num_nodes: int = 1
     strategy: str = "auto"  # auto (DDP when >1 process) | ddp | deepspeed (see the deepspeed section)
-    precision: str = "bf16-mixed"  # bf16-mixed | 16-mixed (the reference's fp16, loss-scaled) | 32-true
+    precision: str = "bf16-mixed"  # any of Lightning's names: bf16-mixed | 16-mixed | 32-true | bf16-true | ...
     # Micro-batches per optimizer step (Lightning's name). Under DDP only the last one all-reduces; under
     # DeepSpeed it is its gradient_accumulation_steps. Steps, LR, EMA, checkpoints and clipping count
     # optimizer steps; data.batch_size stays the per-process micro-batch.
     accumulate_grad_batches: int = 1
     seed: int = 0
-    log_every_n_steps: int = 10
+    log_every_n_steps: int = 10  # >= 1
     progress_bar: Optional[bool] = None  # None: a bar on a terminal, log lines otherwise
     requeue_on_signal: bool = True  # SIGUSR1 (SLURM's time-limit warning): save, then `scontrol requeue`
 
 
 @dataclass
 class CheckpointConfig:
-    every_n_steps: int = 1000
+    every_n_steps: int = 1000  # 0: only at the end of training (and when a signal stops it)
     keep_last: int = 3
     export_on_end: bool = True  # write <output_dir>/brushnet (and brushnet-ema) at the end
 
@@ -108,7 +111,7 @@ class EvalConfig:
     timesteps: List[int] = field(default_factory=lambda: [100, 300, 500, 700, 900])
     at_start: bool = True
     at_end: bool = True
-    every_n_steps: int = 0
+    every_n_steps: int = 0  # 0: only at the start and end
 
 
 @dataclass
@@ -138,7 +141,7 @@ class SamplesConfig:
     """Inpainting samples logged during training (see train/samples.py)."""
 
     enabled: bool = True
-    every_n_steps: int = 1000  # and at the start of every run
+    every_n_steps: int = 1000  # and at the start of every run; 0: only at the start
     source: str = "train"  # train (first training batch) | shards | folder
     shards: Any = field(default_factory=list)  # source=shards: held-out shards
     folder: Optional[str] = None  # source=folder: STEM.jpg + STEM_mask.png (white = paint) + STEM.txt

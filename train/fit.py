@@ -95,6 +95,11 @@ def _check(cfg) -> None:
         problem = deepspeed_problem(cfg, on_cpu=cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available())
         if problem:
             problems.append(problem)
+    from .compile import compile_problem
+
+    problem = compile_problem(cfg.model, cfg.deepspeed.stage if cfg.trainer.strategy == "deepspeed" else None)
+    if problem:
+        problems.append(problem)
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).exists():
         problems.append(f"resume {cfg.resume!r} does not exist (a checkpoint path or 'auto')")
     if problems:
@@ -229,7 +234,7 @@ def _callbacks(cfg, out: Path, module, base, branch, data_cfg) -> list:
     from .samples import SampleGrids
 
     checkpoint = StepCheckpoint(out / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last,
-                                branch.plain_config())
+                                branch.plain_config(), save_on_end=cfg.checkpoint.save_on_end)
     from .preemption import PreemptionHandler
 
     # Checkpoint first (on_train_end saves before eval and export read it), then the preemption check.
@@ -274,7 +279,8 @@ def _devices(cfg) -> tuple[str, object, int]:
     return accelerator, devices, n_local
 
 
-def train(cfg, launch) -> int:
+def train(cfg, launch, datamodule=None) -> int:
+    """Train as ``cfg`` says; ``datamodule`` replaces the shard stream (benchmarks/overhead.py feeds fixed batches)."""
     import lightning as L
 
     from data.datamodule import BrushDataModule
@@ -325,7 +331,7 @@ def train(cfg, launch) -> int:
         where = f"resuming from {resume}" if resume else "starting fresh"
         print(f"brushtrain fit: {where}; output in {out} ({launch.launcher} launch, {trainer.world_size} process(es))",
               flush=True)
-    trainer.fit(module, datamodule=BrushDataModule(data_cfg), ckpt_path=str(resume) if resume else None,
+    trainer.fit(module, datamodule=datamodule or BrushDataModule(data_cfg), ckpt_path=str(resume) if resume else None,
                 weights_only=True)
     if trainer.is_global_zero:
         state = "stopped on a signal" if module.preempted else "finished"

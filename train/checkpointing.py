@@ -77,10 +77,13 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
 
 
 class StepCheckpoint(Callback):
-    """Save every ``every_n_steps`` optimizer steps and at the end of training; keep the last ``keep_last``."""
+    """Save every ``every_n_steps`` optimizer steps and at the end of training (unless ``save_on_end`` is off);
+    keep the last ``keep_last``."""
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int, keep_last: int = 3, branch_config: dict | None = None):
+    def __init__(self, dirpath: str | Path, every_n_steps: int, keep_last: int = 3, branch_config: dict | None = None,
+                 save_on_end: bool = True):
         self.dirpath = Path(dirpath)
+        self.save_on_end = save_on_end
         self.every_n_steps = every_n_steps
         self.keep_last = keep_last
         self.branch_config = branch_config or {}
@@ -94,7 +97,7 @@ class StepCheckpoint(Callback):
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self.last_saved_step:
+        if self.save_on_end and trainer.global_step != self.last_saved_step:
             self.save(trainer, pl_module)
 
     def save(self, trainer: L.Trainer, pl_module: L.LightningModule | None = None) -> Path:
@@ -169,7 +172,10 @@ class ExportOnEnd(Callback):
         if trainer.is_global_zero:
             latest = find_latest(self.checkpoint_callback.dirpath)
             targets = [(self.output_dir / "brushnet", False)] + ([(self.output_dir / "brushnet-ema", True)] if self.ema else [])
+            if latest is None:  # checkpoint.save_on_end=false and no checkpoint written
+                print("nothing exported: no checkpoint was written", flush=True)
+                targets = []
             for out, ema in targets:
                 self.exported.append(export_branch(latest, out, ema=ema))
-                print(f"exported {'EMA ' if ema else ''}branch (reference layout) to {out}", flush=True)
+                print(f"exported {'EMA ' if ema else ''}branch (reference layout) of {latest.name} to {out}", flush=True)
         trainer.strategy.barrier("brushtrain-export")

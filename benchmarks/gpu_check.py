@@ -74,7 +74,7 @@ def prepare(kind: str, work: Path, dry: bool, threads: int) -> None:
 
     res = _resolution(kind, dry)
     count = (32 if dry else 768) if kind == "sd15" else (16 if dry else 96)
-    parts = [work / f"shards-{kind}" / f"part{i}" for i in range(1 if dry else 4)]
+    parts = [work / f"shards-{kind}" / f"part{i}" for i in range(2 if dry else 4)]
     todo = [p for p in parts if not p.is_dir()]
     with ProcessPoolExecutor(max(1, len(todo))) as pool:
         jobs = [pool.submit(_write_shards, p, count // len(parts), 1234 + i, res) for i, p in enumerate(todo)]
@@ -100,7 +100,7 @@ def _write_shards(folder: Path, count: int, seed: int, res: int) -> None:
 
 
 def shard_spec(work: Path, kind: str, dry: bool) -> str:
-    return "::".join(str(work / f"shards-{kind}" / f"part{i}") for i in range(1 if dry else 4))
+    return "::".join(str(work / f"shards-{kind}" / f"part{i}") for i in range(2 if dry else 4))
 
 
 def _resolution(kind: str, dry: bool) -> int:

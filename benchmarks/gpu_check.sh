@@ -9,8 +9,12 @@
 #   bash benchmarks/gpu_check.sh --dry-run    # tiny models on the CPU, a few steps, the same table (a test runs it)
 #
 # Packages the machine lacks (diffusers, deepspeed, webdataset, omegaconf, ...) are installed from the wheels
-# in .whl/ (fill it here with `bash ../shared/tools/device-wheels.sh`, or /work/shared/tools/device-wheels.sh),
-# without network, into $WHEEL_TARGET (default /tmp/brushtrain-site). Environment: PY (python; default
+# in .whl/ (ignored by git), without network, into $WHEEL_TARGET (default /tmp/brushtrain-site). Fill it here,
+# from the project root, before the device call:
+#   bash /work/shared/tools/device-wheels.sh
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 -d .whl "typing_extensions>=4.16"   # pydantic 2.14 (deepspeed) needs it
+# and run it there with the device tool: command `bash benchmarks/gpu_check.sh`, carry [".whl"], timeout 600. Environment: PY (python; default
 # .venv/bin/python if there, else python3), OUT (default runs/gpu-check), WORK (models, shards, runs).
 set -uo pipefail
 started=$(date +%s)

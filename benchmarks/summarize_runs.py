@@ -15,11 +15,18 @@ import sys
 from pathlib import Path
 
 
-def summarize(run: Path) -> dict:
+def _version(path: str) -> int:
+    return int(Path(path).parent.name.split("_")[-1])
+
+
+def summarize(run: Path, last_start_only: bool = False) -> dict:
+    """Medians over a run's logged windows; ``last_start_only``: the windows of its latest (re)start only."""
     rows = []
-    for path in sorted(glob.glob(str(run / "logs" / "version_*" / "metrics.csv"))):
+    paths = sorted(glob.glob(str(run / "logs" / "version_*" / "metrics.csv")), key=_version)
+    for path in paths[-1:] if last_start_only else paths:
         with open(path) as f:
             rows += [r for r in csv.DictReader(f) if r.get("throughput/samples_per_s")]
+    first_window_step_s = float(rows[0]["time/step_s"]) if rows and rows[0].get("time/step_s") else None
     rows = rows[1:] if len(rows) > 1 else rows
 
     def col(name):
@@ -40,6 +47,9 @@ def summarize(run: Path) -> dict:
         "mfu": median("perf/mfu"),
         "data_wait_fraction": median("time/data_wait_fraction"),
         "peak_allocated_gib": round(max(memory), 2) if memory else None,
+        "step_s": median("time/step_s"),
+        "first_window_step_s": first_window_step_s,  # holds start-up work (cuDNN autotuning, compilation)
+        "windows": len(rows),
         "exported": (run / "exported" / "config.json").is_file(),
     }
 

@@ -188,14 +188,16 @@ class GuardedCheckpointIO(TorchCheckpointIO):
 
 
 class StepCheckpoint(Callback):
-    """Save every ``every_n_steps`` optimizer steps and at the end of training; keep the last ``keep_last``.
+    """Save every ``every_n_steps`` optimizer steps and at the end of training (unless ``save_on_end`` is off);
+    keep the last ``keep_last``.
 
     ``every_n_steps=0``: only at the end of training (and when a signal stops it).
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int, keep_last: int = 3, branch_config: dict | None = None,
-                 io: GuardedCheckpointIO | None = None):
+                 io: GuardedCheckpointIO | None = None, save_on_end: bool = True):
         self.dirpath = Path(dirpath)
+        self.save_on_end = save_on_end
         self.every_n_steps = every_n_steps
         self.keep_last = keep_last
         self.branch_config = branch_config or {}
@@ -215,7 +217,7 @@ class StepCheckpoint(Callback):
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self.last_saved_step:
+        if self.save_on_end and trainer.global_step != self.last_saved_step:
             self.save(trainer, pl_module)
 
     def save(self, trainer: L.Trainer, pl_module: L.LightningModule | None = None) -> Path:
@@ -392,7 +394,10 @@ class ExportOnEnd(Callback):
             return
         if trainer.is_global_zero:
             final = self.checkpoint_callback.last_saved or find_latest(self.checkpoint_callback.dirpath)
-            self.exported += export_final(final, self.output_dir, self.ema)
+            if final is None:  # checkpoint.save_on_end=false and no checkpoint written
+                print("nothing exported: no checkpoint was written", flush=True)
+            else:
+                self.exported += export_final(final, self.output_dir, self.ema)
         trainer.strategy.barrier("brushtrain-export")
 
 

@@ -19,6 +19,8 @@ from lightning.pytorch.callbacks import Callback
 from data.brushdata import BrushDataLoader
 from data.shards import shard_specs
 
+from .compile import eager
+
 __all__ = ["DenoisingEval", "heldout_batches"]
 
 
@@ -55,8 +57,9 @@ class DenoisingEval(Callback):
         if self._batches is None:
             self._batches = heldout_batches(self.data_cfg, shard_specs(self.cfg.shards), self.cfg.samples)
         timesteps = list(self.cfg.timesteps)
-        with_branch = pl_module.denoising_loss(self._batches, timesteps)
-        branch_off = pl_module.denoising_loss(self._batches, timesteps, conditioning_scale=0.0)
+        with eager():  # model.compile: other shapes and eval mode, not worth a compile
+            with_branch = pl_module.denoising_loss(self._batches, timesteps)
+            branch_off = pl_module.denoising_loss(self._batches, timesteps, conditioning_scale=0.0)
         record = {"label": label, "step": trainer.global_step, "branch": with_branch, "branch_off": branch_off,
                   "samples": sum(len(b["key"]) for b in self._batches), "timesteps": timesteps}
         self.results.append(record)

@@ -199,7 +199,7 @@ def _callbacks(cfg, out: Path, base, branch, data_cfg, io) -> list:
     from .samples import SampleGrids
 
     checkpoint = StepCheckpoint(out / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last,
-                                branch.plain_config(), io=io)
+                                branch.plain_config(), io=io, save_on_end=cfg.checkpoint.save_on_end)
     from .preemption import PreemptionHandler
     from .signals import SIGNALS
 
@@ -245,8 +245,9 @@ def _devices(cfg) -> tuple[str, object, int]:
     return accelerator, devices, n_local
 
 
-def train(cfg, launch, resume: Path | None = None) -> int:
-    """Build the models and the Trainer and fit, from ``resume`` (a verified checkpoint) if given."""
+def train(cfg, launch, resume: Path | None = None, datamodule=None) -> int:
+    """Build the models and the Trainer and fit, from ``resume`` (a verified checkpoint) if given;
+    ``datamodule`` replaces the shard stream (benchmarks/overhead.py feeds fixed batches)."""
     import lightning as L
 
     from data.datamodule import BrushDataModule
@@ -294,7 +295,7 @@ def train(cfg, launch, resume: Path | None = None) -> int:
         where = f"resuming from {resume}" if resume else "starting fresh"
         print(f"brushtrain fit: {where}; output in {out} ({launch.launcher} launch, {trainer.world_size} process(es))",
               flush=True)
-    trainer.fit(module, datamodule=BrushDataModule(data_cfg), ckpt_path=str(resume) if resume else None,
+    trainer.fit(module, datamodule=datamodule or BrushDataModule(data_cfg), ckpt_path=str(resume) if resume else None,
                 weights_only=True)
     if trainer.is_global_zero:
         state = "stopped on a signal" if module.preempted else "finished"

@@ -34,6 +34,7 @@ import torch
 from data.batch import model_inputs
 
 from .brushnet import BrushNetModel, make_conditioning, vae_encode
+from .compile import prepare_models, to_memory_format
 from .components import BaseModel, encode_prompts
 from .diagnostics import ParamChange, grad_norms
 from .ema import BranchEMA
@@ -89,6 +90,7 @@ class BrushNetModule(L.LightningModule):
         if model_cfg.gradient_checkpointing:
             self.brushnet.enable_gradient_checkpointing()
             self.base.unet.enable_gradient_checkpointing()
+        self.compiled = prepare_models(model_cfg, self.base, self.brushnet)  # model.compile / model.channels_last
         self.brushnet.train()
         self.ema: BranchEMA | None = None
         self._ema_state: dict | None = None
@@ -192,8 +194,9 @@ class BrushNetModule(L.LightningModule):
         x = model_inputs(batch, self.device, self.frozen_dtype)
         if isinstance(generator, list):
             generator = generator + generator
+        pixels = self._layout(torch.cat([x["pixels"], x["masked_pixels"]]))
         with self.base.vae_context():
-            both = vae_encode(self.base.vae, torch.cat([x["pixels"], x["masked_pixels"]]), generator)
+            both = vae_encode(self.base.vae, pixels, generator)
         latents, masked_latents = both.float().chunk(2)
         cond = make_conditioning(masked_latents, x["keep_mask"])
         embeds, pooled = encode_prompts(self.base, batch["caption"])
@@ -205,7 +208,11 @@ class BrushNetModule(L.LightningModule):
             added = {"text_embeds": pooled, "time_ids": time_ids.to(self.device, dtype=embeds.dtype)}
         return latents, cond, embeds, added
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return to_memory_format(x, self.model_cfg.channels_last)
+
     def _predict(self, noisy, timesteps, embeds, cond, added, scale):
+        noisy, cond = self._layout(noisy), self._layout(cond)
         with self._autocast():
             return brushnet_unet_forward(self.base.unet, self.brushnet, noisy, timesteps, embeds, cond,
                                          conditioning_scale=scale, added_cond_kwargs=added)

@@ -7,24 +7,48 @@ from typing import Iterable
 
 import torch
 
-__all__ = ["build_optimizer", "lr_at"]
+__all__ = ["ADAM_IMPLS", "build_optimizer", "optimizer_choice", "lr_at"]
+
+# deepspeed.adam: which AdamW runs under DeepSpeed on GPUs without optimizer offload.
+ADAM_IMPLS = ("torch", "deepspeed")
+
+
+def optimizer_choice(deepspeed_cfg=None, use_deepspeed: bool = False, on_cuda: bool = False) -> str:
+    """Which AdamW :func:`build_optimizer` makes: ``deepspeed_cpu_adam``, ``deepspeed_fused_adam``,
+    ``torch_fused`` or ``torch``.
+
+    * DeepSpeed with ``offload_optimizer``: DeepSpeed's CPU Adam (the step runs on the CPU).
+    * DeepSpeed on GPUs (ZeRO-1/2/3): ``torch.optim.AdamW(fused=True)``, one multi-tensor CUDA
+      kernel that ships with PyTorch, so no CUDA compiler is needed; ``deepspeed.adam=deepspeed``
+      picks DeepSpeed's ``FusedAdam`` instead, which builds its kernel with ``nvcc`` at the first
+      step (and fails on machines without a CUDA toolkit).
+    * Otherwise ``torch.optim.AdamW``, fused on CUDA.
+    """
+    impl = getattr(deepspeed_cfg, "adam", "torch") if deepspeed_cfg is not None else "torch"
+    if impl not in ADAM_IMPLS:
+        raise ValueError(f"deepspeed.adam must be one of {', '.join(ADAM_IMPLS)}, got {impl!r}")
+    if use_deepspeed and deepspeed_cfg is not None and deepspeed_cfg.offload_optimizer:
+        return "deepspeed_cpu_adam"
+    if use_deepspeed and on_cuda and impl == "deepspeed":
+        return "deepspeed_fused_adam"
+    return "torch_fused" if on_cuda else "torch"
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg, deepspeed_cfg=None, use_deepspeed: bool = False,
                     on_cuda: bool = False) -> torch.optim.Optimizer:
-    """AdamW: DeepSpeed's CPU Adam when optimizer states are offloaded, its fused Adam on GPUs,
-    else ``torch.optim.AdamW`` (fused on CUDA)."""
+    """AdamW for the trainable ``params``, as :func:`optimizer_choice` says."""
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     params = [p for p in params if p.requires_grad]
-    if use_deepspeed and deepspeed_cfg is not None and deepspeed_cfg.offload_optimizer:
+    choice = optimizer_choice(deepspeed_cfg, use_deepspeed, on_cuda)
+    if choice == "deepspeed_cpu_adam":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
-    if use_deepspeed and on_cuda:
+    if choice == "deepspeed_fused_adam":
         from deepspeed.ops.adam import FusedAdam
 
         return FusedAdam(params, adam_w_mode=True, **kwargs)
-    return torch.optim.AdamW(params, fused=on_cuda or None, **kwargs)
+    return torch.optim.AdamW(params, fused=True if choice == "torch_fused" else None, **kwargs)
 
 
 def lr_at(step: int, cfg, max_steps: int) -> float:

@@ -25,6 +25,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
+from .compile import eager
+
 __all__ = ["ValItem", "SampleGrids", "items_from_batch", "items_from_folder", "grid_rows"]
 
 
@@ -159,8 +161,9 @@ class SampleGrids(Callback):
         was_training = pl_module.brushnet.training
         pl_module.brushnet.eval()
         try:
-            results = self.generate(pl_module, self.items, pl_module.model_cfg.conditioning_scale)
-            branch_off = self.generate(pl_module, self.items, 0.0)
+            with eager():  # model.compile: the pipeline's shapes and eval mode, not worth a compile
+                results = self.generate(pl_module, self.items, pl_module.model_cfg.conditioning_scale)
+                branch_off = self.generate(pl_module, self.items, 0.0)
         finally:
             pl_module.brushnet.train(was_training)
         if not keep:

@@ -17,9 +17,22 @@ from typing import Any, List, Optional
 from data.brushdata import DataConfig
 
 __all__ = [
-    "ModelConfig", "OptimConfig", "EMAConfig", "DeepSpeedConfig", "TrainerConfig", "CheckpointConfig",
+    "CompileConfig", "ModelConfig", "OptimConfig", "EMAConfig", "DeepSpeedConfig", "TrainerConfig", "CheckpointConfig",
     "EvalConfig", "SynthConfig", "MetricsConfig", "SamplesConfig", "LoggingConfig", "DebugConfig", "FitConfig",
 ]
+
+
+@dataclass
+class CompileConfig:
+    """``torch.compile`` of the parts of a training step (train/compile.py), each in place (names unchanged)."""
+
+    branch: bool = False  # the trainable branch (not with deepspeed.stage=3)
+    unet: bool = False  # the frozen UNet, with the residual-injection hooks inside the graph
+    vae: bool = False  # the frozen VAE encoder
+    backend: str = "inductor"  # any torch.compile backend ("aot_eager": no code generation, for debugging)
+    mode: Optional[str] = None  # None/default | max-autotune-no-cudagraphs (CUDA-graph modes are refused)
+    dynamic: Optional[bool] = False  # False: static shapes (training batches all have one shape); None: torch decides
+    fullgraph: bool = False  # True: a graph break is an error instead of a split graph
 
 
 @dataclass
@@ -41,6 +54,8 @@ class ModelConfig:
     prediction_type: Optional[str] = None  # epsilon | v_prediction; default: the base's scheduler config
     min_snr_gamma: Optional[float] = None  # min-SNR loss weighting (e.g. 5.0); None = plain MSE
     conditioning_scale: float = 1.0
+    compile: CompileConfig = field(default_factory=CompileConfig)
+    channels_last: bool = False  # channels-last layout for the branch, UNet and VAE weights and their inputs
 
 
 @dataclass
@@ -69,11 +84,14 @@ class EMAConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    stage: int = 2  # ZeRO stage: 1, 2 or 3
+    stage: int = 2  # 1 (optimizer states partitioned), 2 (+ gradients) or 3 (+ parameters)
     offload_optimizer: bool = False  # optimizer states (and step) on the CPU: DeepSpeedCPUAdam
     offload_params: bool = False  # ZeRO-3 only: parameters on the CPU
     overlap_comm: bool = True
     bucket_size: int = 200_000_000  # reduce / allgather bucket (elements)
+    # AdamW on GPUs without offload_optimizer: torch (torch.optim.AdamW(fused=True), no CUDA compiler needed) |
+    # deepspeed (DeepSpeed's FusedAdam, built with nvcc at the first step)
+    adam: str = "torch"
     allow_cpu: bool = False  # TEST ONLY: run ZeRO on CPU processes over gloo (no GPU)
 
 
@@ -99,7 +117,8 @@ class TrainerConfig:
 class CheckpointConfig:
     every_n_steps: int = 1000  # 0: only at the end of training (and when a signal stops it)
     keep_last: int = 3
-    export_on_end: bool = True  # write <output_dir>/brushnet (and brushnet-ema) at the end
+    save_on_end: bool = True  # also save when training ends (false: only every_n_steps and on signals; benchmarks)
+    export_on_end: bool = True  # write <output_dir>/brushnet (and brushnet-ema) at the end, from the latest checkpoint
 
 
 @dataclass

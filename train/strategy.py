@@ -1,8 +1,8 @@
-"""``trainer.strategy`` -> a Lightning strategy: DDP or DeepSpeed ZeRO-2/3 (the only module importing deepspeed).
+"""``trainer.strategy`` -> a Lightning strategy: DDP or DeepSpeed ZeRO-1/2/3 (the only module importing deepspeed).
 
 ``CPUDeepSpeedStrategy`` is for tests only (``deepspeed.allow_cpu=true``):
 Lightning's DeepSpeed strategy refuses anything but CUDA, while DeepSpeed itself
-runs ZeRO-2/3 on CPU processes over gloo, which lets CI train, checkpoint,
+runs ZeRO-1/2/3 on CPU processes over gloo, which lets CI train, checkpoint,
 resume and export through the ZeRO code paths.
 """
 
@@ -65,17 +65,16 @@ class CPUDeepSpeedStrategy(BrushDeepSpeedStrategy):
 
 def deepspeed_config(ds, batch_size: int, grad_clip: float) -> dict:
     """The DeepSpeed JSON config for ``deepspeed.*`` keys."""
-    if ds.stage not in (2, 3):
-        raise ConfigError(f"deepspeed.stage must be 2 or 3, got {ds.stage}")
-    if ds.offload_params and ds.stage != 3:
-        raise ConfigError("deepspeed.offload_params needs deepspeed.stage=3")
+    problem = _stage_problem(ds)
+    if problem:
+        raise ConfigError(problem)
     zero: dict = {
         "stage": ds.stage,
         "overlap_comm": ds.overlap_comm,
         "contiguous_gradients": True,
         "reduce_bucket_size": ds.bucket_size,
     }
-    if ds.stage == 2:
+    if ds.stage in (1, 2):
         zero["allgather_bucket_size"] = ds.bucket_size
     else:
         zero.update({"stage3_prefetch_bucket_size": ds.bucket_size, "stage3_param_persistence_threshold": 100_000})
@@ -93,11 +92,25 @@ def deepspeed_config(ds, batch_size: int, grad_clip: float) -> dict:
     }
 
 
-def deepspeed_problem(cfg, on_cpu: bool) -> str | None:
-    """Why ``trainer.strategy=deepspeed`` cannot run here, or None."""
-    if cfg.trainer.strategy == "deepspeed" and on_cpu and not cfg.deepspeed.allow_cpu:
-        return "trainer.strategy=deepspeed needs CUDA GPUs (deepspeed.allow_cpu=true is for tests only)"
+def _stage_problem(ds) -> str | None:
+    from .optim import ADAM_IMPLS
+
+    if ds.stage not in (1, 2, 3):
+        return f"deepspeed.stage must be 1, 2 or 3, got {ds.stage}"
+    if ds.offload_params and ds.stage != 3:
+        return "deepspeed.offload_params needs deepspeed.stage=3"
+    if ds.adam not in ADAM_IMPLS:
+        return f"deepspeed.adam must be one of {', '.join(ADAM_IMPLS)}, got {ds.adam!r}"
     return None
+
+
+def deepspeed_problem(cfg, on_cpu: bool) -> str | None:
+    """Why ``trainer.strategy=deepspeed`` cannot run here (or as configured), or None."""
+    if cfg.trainer.strategy != "deepspeed":
+        return None
+    if on_cpu and not cfg.deepspeed.allow_cpu:
+        return "trainer.strategy=deepspeed needs CUDA GPUs (deepspeed.allow_cpu=true is for tests only)"
+    return _stage_problem(cfg.deepspeed)
 
 
 def build_strategy(cfg, accelerator: str, n_processes: int):

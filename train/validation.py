@@ -160,6 +160,14 @@ RULES: list[Rule] = [
     Rule("model.brushnet", optional(text), "null or a branch folder / hub id"),
     Rule("model.vae", optional(text), "null, a local VAE folder or a hub id"),
     Rule("model.tie_conv_in_bias", flag, "true or false"),
+    Rule("model.compile.branch", flag, "true or false"),
+    Rule("model.compile.unet", flag, "true or false"),
+    Rule("model.compile.vae", flag, "true or false"),
+    Rule("model.compile.backend", text, "a torch.compile backend (inductor, aot_eager, ...)"),
+    Rule("model.compile.mode", optional(text), "null, default or max-autotune-no-cudagraphs"),
+    Rule("model.compile.dynamic", optional(flag), "null (torch decides), true or false"),
+    Rule("model.compile.fullgraph", flag, "true or false"),
+    Rule("model.channels_last", flag, "true or false"),
     Rule("model.frozen_dtype", one_of(_dtypes), lambda: " | ".join(_dtypes())),
     Rule("model.gradient_checkpointing", flag, "true or false"),
     Rule("model.prediction_type", optional(one_of(("epsilon", "v_prediction"))), "null, epsilon or v_prediction"),
@@ -234,9 +242,11 @@ RULES: list[Rule] = [
     Rule("deepspeed.overlap_comm", flag, "true or false"),
     Rule("deepspeed.bucket_size", integer(ge=1), "an integer >= 1 (elements)"),
     Rule("deepspeed.allow_cpu", flag, "true or false"),
+    Rule("deepspeed.adam", one_of(("torch", "deepspeed")), "torch (fused torch.optim.AdamW) or deepspeed (FusedAdam)"),
     Rule("checkpoint.every_n_steps", integer(ge=0), "an integer >= 0 (0: only at the end and on a signal)"),
     Rule("checkpoint.keep_last", integer(ge=1), "an integer >= 1"),
     Rule("checkpoint.export_on_end", flag, "true or false"),
+    Rule("checkpoint.save_on_end", flag, "true or false"),
     Rule("eval.shards", shard_value, "a shard spec or a list of them (empty: no evaluation)"),
     Rule("eval.samples", integer(ge=1), "an integer >= 1"),
     Rule("eval.timesteps", list_of(integer(ge=0, le=999), nonempty=True), "a non-empty list of timesteps in 0 .. 999"),
@@ -520,10 +530,18 @@ def _logger(cfg, launch) -> list[str]:
     return []
 
 
+def _compile(cfg, launch) -> list[str]:
+    """model.compile.*: the torch version, the mode, not the branch under ZeRO-3 (train/compile.py)."""
+    from .compile import compile_problem
+
+    problem = compile_problem(cfg.model, cfg.deepspeed.stage if cfg.trainer.strategy == "deepspeed" else None)
+    return [problem] if problem else []
+
+
 CROSS_CHECKS: list[Callable] = [
     _output_dir, _resume, _base, _brushnet, _vae, _resolution, _mask_weights, _brush_strokes, _synth, _shards,
     _samples_folder,
-    _devices_here, _precision_here, _deepspeed, _logger,
+    _devices_here, _precision_here, _deepspeed, _compile, _logger,
 ]
 
 

@@ -34,6 +34,7 @@ def synthetic_batch(batch: int, resolution: int, step: int) -> dict:
     return {"image": torch.randint(0, 256, (batch, 3, resolution, resolution), generator=g, dtype=torch.uint8),
             "keep_mask": (torch.rand(batch, 1, resolution, resolution, generator=g) > 0.3).to(torch.uint8),
             "caption": ["a photo of a thing"] * batch, "weight": torch.ones(batch),
+            "sample_seed": torch.arange(batch, dtype=torch.int64) + step * batch,
             "original_size": torch.tensor([[resolution, resolution]] * batch),
             "crop_top_left": torch.zeros(batch, 2, dtype=torch.long)}
 
@@ -79,7 +80,7 @@ def main() -> None:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        loss = module.compute_loss(synthetic_batch(batch, args.resolution, step), step)
+        loss = module.compute_loss(synthetic_batch(batch, args.resolution, step))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

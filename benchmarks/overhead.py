@@ -4,8 +4,8 @@ Both sides train the same generated tiny models (``tiny:sd15``) on the same batc
 synthetic shards and kept in memory, so neither pays for data loading:
 
 * **bare**: the step written out with torch and the model functions alone (no Lightning, no BrushNetModule):
-  one batched VAE encode of image and masked image, prompt encoding, noise and timesteps from a generator seeded
-  by (seed, rank, step), the injected forward (branch + frozen UNet), the loss, backward, gradient clipping,
+  one batched VAE encode of image and masked image, prompt encoding, each sample's VAE samples, noise and timestep
+  from a generator seeded by (seed, the sample's seed), the injected forward (branch + frozen UNet), the loss, backward, gradient clipping,
   AdamW with the learning-rate schedule, EMA.
 * **brushtrain**: ``train.fit.train`` with the default job's config (``configs/tiny_cpu.yaml``): Trainer,
   BrushNetModule, the default callbacks (metrics and diagnostics, progress lines, CSV logger); checkpoints,
@@ -113,6 +113,8 @@ def bare(cfg, base_path: Path, source: TimedBatches) -> list[float]:
     assert cfg.trainer.precision == "32-true" and cfg.model.frozen_dtype == "fp32", "the bare loop is the fp32 step"
     base = load_base(base_path).freeze()
     branch = BrushNetModel.from_unet(base.unet).train()
+    if cfg.model.tie_conv_in_bias:
+        branch.conv_in_condition.bias.requires_grad_(False)  # as brushtrain does for a branch made from the UNet
     scheduler = DDPMScheduler.from_config(base.scheduler.config)
     prediction = cfg.model.prediction_type or scheduler.config.prediction_type
     o = cfg.optim
@@ -123,14 +125,16 @@ def bare(cfg, base_path: Path, source: TimedBatches) -> list[float]:
     for step, batch in enumerate(source):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, o, cfg.trainer.max_steps)
-        g = _generator(cfg.trainer.seed, 0, step)
+        gens = [_generator(cfg.trainer.seed, 0x5A3, int(s)) for s in batch["sample_seed"].tolist()]
         with torch.no_grad():
             x = model_inputs(batch, "cpu")
-            latents, masked = vae_encode(base.vae, torch.cat([x["pixels"], x["masked_pixels"]]), g).float().chunk(2)
+            both = vae_encode(base.vae, torch.cat([x["pixels"], x["masked_pixels"]]), gens + gens)
+            latents, masked = both.float().chunk(2)
             cond = make_conditioning(masked, x["keep_mask"])
             embeds, _ = encode_prompts(base, batch["caption"])
-        noise = torch.randn(latents.shape, generator=g)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g)
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in gens])
+        n_train = scheduler.config.num_train_timesteps
+        t = torch.cat([torch.randint(0, n_train, (1,), generator=g) for g in gens])
         noisy = scheduler.add_noise(latents, noise, t)
         target = training_target(scheduler, latents, noise, t, prediction)
         pred = brushnet_unet_forward(base.unet, branch, noisy, t, embeds, cond,
@@ -190,8 +194,8 @@ def measure(name: str, size: dict, warmup: int, steps: int, repeats: int, work: 
         source = TimedBatches(batches, total)
         logged = brushtrain(cfg, launch, source)
         times["brushtrain"].append(source.per_step(warmup, steps))
-        common = [s for s in logged if s < len(bare_losses)]
-        check = max(abs(logged[s] - bare_losses[s]) / abs(bare_losses[s]) for s in common) if common else None
+        common = [s for s in logged if 1 <= s <= len(bare_losses)]  # logged at the step the update ended on
+        check = max(abs(logged[s] - bare_losses[s - 1]) / abs(bare_losses[s - 1]) for s in common) if common else None
         print(f"{name} repeat {r + 1}/{repeats}: bare {times['bare'][-1] * 1e3:.1f} ms/step, brushtrain "
               f"{times['brushtrain'][-1] * 1e3:.1f} ms/step", flush=True)
     b, t = statistics.median(times["bare"]), statistics.median(times["brushtrain"])

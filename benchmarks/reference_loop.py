@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     random.seed(0)
+    rng = np.random.default_rng(0)  # the reference's mask randomness (np.random), seeded
     base = load_base(args.base).freeze()
     branch = BrushNetModel.from_unet(base.unet).to(device).train()
     flops = training_flops_per_sample(base, branch, args.resolution)["total"]
@@ -80,7 +82,7 @@ def main() -> None:
     for step in range(args.warmup + args.steps):
         sync()
         start = time.perf_counter()
-        samples = [reference_sample(next(source).members, args.resolution, random_mask=False) for _ in range(args.batch)]
+        samples = [reference_sample(next(source).members, args.resolution, random_mask=False, rng=rng) for _ in range(args.batch)]
         pixels = torch.stack([s["pixels"] for s in samples]).to(device, torch.float16)
         masked = torch.stack([s["masked_pixels"] for s in samples]).to(device, torch.float16)
         mask = torch.stack([s["mask"] for s in samples]).to(device, torch.float16)

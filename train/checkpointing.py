@@ -7,6 +7,8 @@ Layout under ``<output_dir>/checkpoints``::
         checkpoint/, latest   DeepSpeed: its own (possibly sharded) layout
         brushnet_config.json  the branch config, for export
         ema.safetensors       the EMA weights, when EMA is on
+        frozen_branch.safetensors  the branch's frozen parameters (the tied conv_in_condition.bias), which
+                              DeepSpeed's zero_to_fp32 leaves out under ZeRO-1
         meta.json             step, strategy, time
     step-00002000.tmp-.../    a checkpoint being written (ignored by resume, removed later)
     latest                    the name of the newest complete checkpoint
@@ -36,10 +38,11 @@ from .errors import UserError
 from .integrity import MANIFEST, CheckpointError, archive_problem, verify_checkpoint, write_manifest
 
 __all__ = ["StepCheckpoint", "ExportOnEnd", "GuardedCheckpointIO", "CheckpointWriteError", "is_write_error", "step_folders", "find_latest", "newest_intact", "verified",
-           "resolve_resume", "checkpoint_file", "DDP_FILE", "EMA_FILE"]
+           "resolve_resume", "checkpoint_file", "DDP_FILE", "EMA_FILE", "FROZEN_FILE"]
 
 DDP_FILE = "model.ckpt"
 EMA_FILE = "ema.safetensors"
+FROZEN_FILE = "frozen_branch.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -270,6 +273,13 @@ class StepCheckpoint(Callback):
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in ema.state_dict()["shadow"].items()}, str(tmp / EMA_FILE))
+        # ZeRO-1 checkpoints record no frozen parameters for zero_to_fp32 (ZeRO-2/3 do); a ZeRO-3 partition is not whole.
+        frozen = {n: p.detach().cpu().contiguous() for n, p in pl_module.brushnet.named_parameters()
+                  if not p.requires_grad and not hasattr(p, "ds_id")}
+        if frozen:
+            from safetensors.torch import save_file
+
+            save_file(frozen, str(tmp / FROZEN_FILE))
         meta = {"step": trainer.global_step, "epoch": trainer.current_epoch, "strategy": type(trainer.strategy).__name__,
                 "world_size": trainer.world_size, "time": time.time()}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))

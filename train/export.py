@@ -33,7 +33,7 @@ def branch_state_dict(checkpoint: str | Path, ema: bool = False, verify: bool = 
     """
     import torch
 
-    from .checkpointing import DDP_FILE, EMA_FILE, find_latest, verified
+    from .checkpointing import DDP_FILE, EMA_FILE, FROZEN_FILE, find_latest, verified
 
     path = Path(checkpoint)
     if verify:
@@ -63,6 +63,10 @@ def branch_state_dict(checkpoint: str | Path, ema: bool = False, verify: bool = 
         tag = (path / "latest").read_text().strip() if (path / "latest").is_file() else None
         full = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
         state = {k[len(_PREFIX):]: v for k, v in full.items() if k.startswith(_PREFIX)}
+        if (folder / FROZEN_FILE).is_file():  # frozen branch parameters zero_to_fp32 leaves out (ZeRO-1)
+            from safetensors.torch import load_file
+
+            state = {**load_file(str(folder / FROZEN_FILE)), **state}
     else:
         raise CheckpointError(f"{path} is neither a BrushTrain/Lightning checkpoint nor a DeepSpeed checkpoint folder")
     if config is None:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def build(arch: str, device: torch.device):
     from diffusers import UNet2DConditionModel
 
-    from train.brushnet import BrushNetModel
+    from train.model.brushnet import BrushNetModel
 
     with device:
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(ROOT / "configs/architectures" / arch / "unet"))
@@ -35,7 +35,7 @@ def build(arch: str, device: torch.device):
 
 
 def inputs(unet, batch: int, resolution: int, device: torch.device):
-    from train.tiny import random_unet_inputs
+    from train.model.tiny import random_unet_inputs
 
     x = random_unet_inputs(unet, batch, resolution // 8, device=device)
     x["timestep"] = torch.randint(0, 1000, (batch,), device=device)
@@ -43,7 +43,7 @@ def inputs(unet, batch: int, resolution: int, device: torch.device):
 
 
 def measure(unet, branch, x, device, steps: int, warmup: int, checkpointing: bool) -> dict:
-    from train.brushnet import brushnet_unet_forward
+    from train.model.injection import brushnet_unet_forward
 
     for model in (unet, branch):
         (model.enable_gradient_checkpointing if checkpointing else model.disable_gradient_checkpointing)()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.integrity import verify_checkpoint, write_manifest  # noqa: E402
+from train.engine.integrity import verify_checkpoint, write_manifest  # noqa: E402
 
 
 def main() -> None:

@@ -69,8 +69,8 @@ def prepare(kind: str, work: Path, dry: bool, threads: int) -> None:
 
     import torch
 
-    from data.writer import atomic_directory
-    from train.tiny import build_random_base, build_tiny_base
+    from common.files import atomic_directory
+    from train.model.tiny import build_random_base, build_tiny_base
 
     res = _resolution(kind, dry)
     count = (32 if dry else 768) if kind == "sd15" else (16 if dry else 96)
@@ -92,8 +92,8 @@ def prepare(kind: str, work: Path, dry: bool, threads: int) -> None:
 
 
 def _write_shards(folder: Path, count: int, seed: int, res: int) -> None:
+    from common.files import atomic_directory
     from data.synth import write_synthetic_shards
-    from data.writer import atomic_directory
 
     with atomic_directory(folder) as tmp:
         write_synthetic_shards(tmp, count, 64, seed, res, res * 5 // 4)

@@ -57,10 +57,10 @@ def main() -> None:
 
     from omegaconf import OmegaConf
 
-    from train.brushnet import BrushNetModel
-    from train.components import load_base
-    from train.module import BrushNetModule
-    from train.optim import build_optimizer
+    from train.engine.module import BrushNetModule
+    from train.engine.optim import build_optimizer
+    from train.model.brushnet import BrushNetModel
+    from train.model.components import load_base
     from train.schema import EMAConfig, ModelConfig, OptimConfig
 
     started = time.monotonic()

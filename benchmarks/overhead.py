@@ -7,7 +7,7 @@ synthetic shards and kept in memory, so neither pays for data loading:
   one batched VAE encode of image and masked image, prompt encoding, each sample's VAE samples, noise and timestep
   from a generator seeded by (seed, the sample's seed), the injected forward (branch + frozen UNet), the loss, backward, gradient clipping,
   AdamW with the learning-rate schedule, EMA.
-* **brushtrain**: ``train.fit.train`` with the default job's config (``configs/tiny_cpu.yaml``): Trainer,
+* **brushtrain**: ``train.commands.fit.train`` with the default job's config (``configs/tiny_cpu.yaml``): Trainer,
   BrushNetModule, the default callbacks (metrics and diagnostics, progress lines, CSV logger); checkpoints,
   export, held-out evaluation and sample grids off (they are not per-step work).
 
@@ -68,7 +68,7 @@ class TimedBatches:
 
 
 def config(out: Path, size: dict, max_steps: int):
-    from train.fit import load_fit_config
+    from train.commands.fit import load_fit_config
 
     overrides = [f"output_dir={out}", f"data.resolution={size['resolution']}", f"data.batch_size={size['batch_size']}",
                  f"trainer.max_steps={max_steps}", "resume=null", "logging.logger=csv", "samples.enabled=false",
@@ -79,11 +79,10 @@ def config(out: Path, size: dict, max_steps: int):
 
 
 def make_batches(cfg, count: int) -> list[dict]:
-    from train.fit import _data_config
-
     from data.brushdata import BrushDataLoader
+    from train.setup.build import data_config, resolve_shards
 
-    data_cfg = _data_config(cfg)
+    data_cfg = data_config(cfg, resolve_shards(cfg))
     data_cfg.num_workers = 0
     batches = []
     for batch in BrushDataLoader(data_cfg):
@@ -103,12 +102,12 @@ def bare(cfg, base_path: Path, source: TimedBatches) -> list[float]:
     from diffusers import DDPMScheduler
 
     from data.batch import model_inputs
-    from train.brushnet import BrushNetModel, make_conditioning, vae_encode
-    from train.components import encode_prompts, load_base
-    from train.ema import BranchEMA
-    from train.injection import brushnet_unet_forward
-    from train.losses import per_sample_mse, training_target
-    from train.optim import lr_at
+    from train.engine.ema import BranchEMA
+    from train.engine.losses import per_sample_mse, training_target
+    from train.engine.optim import lr_at
+    from train.model.brushnet import BrushNetModel, make_conditioning, vae_encode
+    from train.model.components import encode_prompts, load_base
+    from train.model.injection import brushnet_unet_forward
 
     assert cfg.trainer.precision == "32-true" and cfg.model.frozen_dtype == "fp32", "the bare loop is the fp32 step"
     base = load_base(base_path).freeze()
@@ -152,10 +151,10 @@ def bare(cfg, base_path: Path, source: TimedBatches) -> list[float]:
 
 
 def brushtrain(cfg, launch, source: TimedBatches) -> dict[int, float]:
-    """`brushtrain fit`'s training (train.fit.train) on these batches; returns the logged losses by step."""
+    """`brushtrain fit`'s training (train.commands.fit.train) on these batches; returns the logged losses by step."""
     import lightning as L
 
-    from train.fit import train
+    from train.commands.fit import train
 
     class Batches(L.LightningDataModule):
         def train_dataloader(self):
@@ -173,16 +172,17 @@ def measure(name: str, size: dict, warmup: int, steps: int, repeats: int, work: 
     import shutil
 
     from data.synth import write_synthetic_shards
-    from train.fit import _devices, _generated_path
-    from train.tiny import write_generated_base
+    from train.model.tiny import write_generated_base
+    from train.setup.prepare import base_path as generated_base_path
+    from train.setup.runtime import devices
 
     total = warmup + steps + 1
     cfg, launch = config(work / name, size, total)
     write_synthetic_shards(work / name / "shards", 128, 64, seed=1234, min_size=size["resolution"],
                            max_size=size["resolution"] * 3 // 2)
-    base_path = _generated_path(cfg)
+    base_path = generated_base_path(cfg)
     write_generated_base(base_path, cfg.model.base, seed=cfg.trainer.seed)
-    _devices(cfg)  # the thread count brushtrain uses, for both sides
+    devices(cfg)  # the thread count brushtrain uses, for both sides
     batches = make_batches(cfg, 16)
     times = {"bare": [], "brushtrain": []}
     check = None
@@ -215,9 +215,9 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="folder for models, shards and logs (default: a temporary one)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from train.fit import _quiet_libraries
+    from train.setup.runtime import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)

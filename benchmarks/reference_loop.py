@@ -56,10 +56,10 @@ def main() -> None:
     from reference_steps import reference_sample
 
     from data.shards import expand_shards
-    from train.brushnet import BrushNetModel, make_conditioning, vae_encode
-    from train.components import encode_prompts, load_base
-    from train.flops import peak_tflops, training_flops_per_sample
-    from train.injection import brushnet_unet_forward
+    from train.model.brushnet import BrushNetModel, make_conditioning, vae_encode
+    from train.model.components import encode_prompts, load_base
+    from train.model.flops import peak_tflops, training_flops_per_sample
+    from train.model.injection import brushnet_unet_forward
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from .brushdata import BadDataError, BrushDataLoader, DataConfig
-from .masks import hole_fraction_stats
+from data.brushdata import BadDataError, BrushDataLoader, DataConfig
+from data.masks import hole_fraction_stats
 
 __all__ = ["measure_throughput"]
 

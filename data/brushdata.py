@@ -32,12 +32,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from train.errors import UserError
-
-from .masks import MASK_SOURCES, MaskPolicy
-from .records import BadRecord, BadSample, RawRecord, parse_record, read_shard
-from .shards import Segment, epoch_segments, expand_shards, shard_sizes, shard_specs, split_segments
-from .transforms import make_example
+from common.errors import UserError
+from data.masks import MASK_SOURCES, MaskPolicy
+from data.records import BadRecord, BadSample, RawRecord, parse_record, read_shard
+from data.shards import (
+    Segment,
+    epoch_segments,
+    expand_shards,
+    shard_sizes,
+    shard_specs,
+    split_segments,
+)
+from data.transforms import make_example
 
 __all__ = ["MaskConfig", "DataConfig", "BrushDataset", "BrushDataLoader", "BadDataError", "pad_batch"]
 

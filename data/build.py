@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from .writer import ShardWriter, brushdata_members, encode_jpeg
+from data.writer import ShardWriter, brushdata_members, encode_jpeg
 
 __all__ = ["build_from_coco", "build_from_folder", "IMAGE_SUFFIXES"]
 

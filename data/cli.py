@@ -18,7 +18,7 @@ import json
 import re
 import sys
 
-from train.errors import UserError
+from common.errors import UserError
 
 __all__ = ["add_arguments", "run"]
 
@@ -50,7 +50,7 @@ def parse_hw(text: str) -> tuple[int, int]:
 
 def parse_mask_mode(text: str) -> dict[str, float]:
     """'brush' or 'segmentation=0.5,brush=0.5' -> source weights."""
-    from .masks import MASK_SOURCES
+    from data.masks import MASK_SOURCES
 
     weights: dict[str, float] = {}
     for part in text.split(","):
@@ -131,7 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _retry_arguments(p: argparse.ArgumentParser) -> None:
     """The remote-shard retry settings (data.shard_retries / data.shard_retry_delay in training)."""
-    from .brushdata import DataConfig
+    from data.brushdata import DataConfig
 
     p.add_argument("--retries", type=_at_least(0, int), default=DataConfig.shard_retries,
                    help="re-open a failing URL / pipe: shard this often before reporting it (default %(default)s)")
@@ -156,18 +156,19 @@ def _data_config(args, default_resolution: int, **overrides):
     """A DataConfig for the tools: --config's data.mask / data.resolution, then the flags given."""
     from omegaconf import OmegaConf
 
-    from .brushdata import DataConfig, MaskConfig
-    from .masks import MASK_SOURCES
+    from data.brushdata import DataConfig, MaskConfig
+    from data.masks import MASK_SOURCES
 
     mask = OmegaConf.structured(MaskConfig)
     resolution = default_resolution
     if args.config:
-        from pathlib import Path
+        from configs import resolve
 
-        if not Path(args.config).is_file():
+        path = resolve(args.config)  # a file, or a shipped config by name
+        if not path.is_file():
             raise FileNotFoundError(f"--config {args.config} does not exist")
         try:
-            layer = OmegaConf.load(args.config).get("data") or {}
+            layer = OmegaConf.load(path).get("data") or {}
             mask = OmegaConf.merge(mask, layer.get("mask") or {})
             resolution = int(layer.get("resolution", resolution))
         except Exception as exc:  # OmegaConf's validation errors name the key
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _synth(args) -> int:
-    from .synth import write_synthetic_shards
+    from data.synth import write_synthetic_shards
 
     writer = write_synthetic_shards(args.out, args.samples, args.per_shard, args.seed, args.min_size, args.max_size,
                                     args.prefix, size=args.size)
@@ -198,7 +199,7 @@ def _synth(args) -> int:
 
 
 def _build(args) -> int:
-    from .build import build_from_coco, build_from_folder
+    from data.build import build_from_coco, build_from_folder
 
     common = dict(max_samples=args.max_samples, max_bytes=args.max_bytes)
     if args.source == "coco":
@@ -215,8 +216,8 @@ def _build(args) -> int:
 
 
 def _validate(args) -> int:
-    from .shards import expand_shards
-    from .validate import validate_shards
+    from data.shards import expand_shards
+    from data.validate import validate_shards
 
     report = validate_shards(expand_shards(args.shards), workers=args.workers, retries=args.retries,
                              retry_delay=args.retry_delay)
@@ -235,7 +236,7 @@ def _validate(args) -> int:
 
 
 def _preview(args) -> int:
-    from .preview import preview_grid
+    from data.preview import preview_grid
 
     cfg = _data_config(args, 256, batch_size=1, num_workers=0, seed=args.seed, shuffle_buffer=1)
     print(f"wrote {preview_grid(cfg, args.out, args.samples)}")
@@ -243,7 +244,7 @@ def _preview(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import measure_throughput
+    from data.bench import measure_throughput
 
     cfg = _data_config(args, 512, batch_size=args.batch_size, num_workers=args.workers, shard_retries=args.retries,
                        shard_retry_delay=args.retry_delay)
@@ -262,7 +263,13 @@ def _index(args) -> int:
     from collections import defaultdict
     from pathlib import Path
 
-    from .shards import ShardReadError, count_samples, expand_shards, is_url, write_sizes
+    from data.shards import (
+        ShardReadError,
+        count_samples,
+        expand_shards,
+        is_url,
+        write_sizes,
+    )
 
     by_folder: dict = defaultdict(dict)
     for shard in expand_shards(args.shards):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 
-from .brushdata import BrushDataLoader, DataConfig
+from data.brushdata import BrushDataLoader, DataConfig
 
 __all__ = ["BrushDataModule"]
 

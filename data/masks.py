@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
-from train.errors import UserError
+from common.errors import UserError
 
 __all__ = [
     "RLEError",

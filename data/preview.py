@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .brushdata import BrushDataLoader, DataConfig
+from data.brushdata import BrushDataLoader, DataConfig
 
 __all__ = ["preview_grid", "caption_strip"]
 

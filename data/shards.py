@@ -29,7 +29,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from train.errors import UserError
+from common.errors import UserError
+from data.streams import ShardReadError, is_url, open_shard
 
 __all__ = [
     "ShardSpecError",
@@ -38,7 +39,6 @@ __all__ = [
     "Segment",
     "expand_shards",
     "shard_specs",
-    "is_url",
     "shard_sizes",
     "count_samples",
     "sample_key",
@@ -50,25 +50,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 SIZES_FILE = "sizes.json"
-_URL_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "gcs://", "hf://", "ais://", "file://")
 
 
 class ShardSpecError(UserError, ValueError):
     """A shard spec that names no shard, or a shard that cannot be found."""
 
 
-class ShardReadError(OSError):
-    """A shard that could not be opened or read to its end (after the retries a remote one gets)."""
-
-
 class UnreadableShardsError(UserError, OSError):
     """Not one of the shards could be read: the run cannot start."""
 
     exit_code = 1
-
-
-def is_url(spec: str) -> bool:
-    return spec.startswith(_URL_PREFIXES)
 
 
 def shard_specs(value) -> list[str]:
@@ -118,10 +109,8 @@ def count_samples(shard: str, retries: int = 0, retry_delay: float = 1.0) -> int
 
     A damaged shard counts the samples before the damage; one with none readable
     raises :class:`ShardReadError` (remote shards are retried first, see
-    :class:`data.records.ShardStream`).
+    :class:`data.streams.ShardStream`).
     """
-    from .records import open_shard
-
     keys, last, stream = 0, None, None
     try:
         if is_url(shard):

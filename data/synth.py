@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .writer import ShardWriter, brushdata_members, encode_jpeg
+from data.writer import ShardWriter, brushdata_members, encode_jpeg
 
 __all__ = ["synth_record", "write_synthetic_shards", "COLOURS"]
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .masks import CropGeometry, MaskPolicy
-from .records import Record, decode_image
+from data.masks import CropGeometry, MaskPolicy
+from data.records import Record, decode_image
 
 __all__ = ["Example", "make_example", "crop_window", "crop_geometry"]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .records import BadRecord, BadSample, decode_image, parse_record, read_shard
+from data.records import BadRecord, BadSample, decode_image, parse_record, read_shard
 
 __all__ = ["ShardReport", "validate_shard", "validate_shards"]
 

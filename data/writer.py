@@ -5,37 +5,16 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import tarfile
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .masks import rle_encode
-from .shards import write_sizes
+from data.masks import rle_encode
+from data.shards import write_sizes
 
-__all__ = ["ShardWriter", "brushdata_members", "encode_jpeg", "atomic_directory"]
-
-
-@contextmanager
-def atomic_directory(target: str | Path):
-    """Yield a fresh folder beside ``target``; when the block succeeds it replaces ``target`` in one rename.
-
-    Readers see the old folder or the complete new one, never a half-written one.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+__all__ = ["ShardWriter", "brushdata_members", "encode_jpeg"]
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 92) -> bytes:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from train.signals import install  # first: a signal during start-up is remembered, not fatal
+    from train.engine.signals import (
+        install,  # first: a signal during start-up is remembered, not fatal
+    )
 
     install()
     from train.cli import main

@@ -18,7 +18,7 @@ OFFICIAL = FIXTURES / "official-tiny"
 
 @pytest.fixture(scope="session")
 def _tiny_bases():
-    from train.tiny import build_tiny_base
+    from train.model.tiny import build_tiny_base
 
     return {kind: build_tiny_base(kind, seed=0) for kind in ("sd15", "sdxl")}
 
@@ -41,7 +41,7 @@ def tiny_sdxl(_tiny_bases):
 
 def unet_inputs(unet, batch: int = 2, size: int = 8, seed: int = 0) -> dict:
     """Random UNet/branch inputs matching a UNet config (SDXL: text_time kwargs), seeded."""
-    from train.tiny import random_unet_inputs
+    from train.model.tiny import random_unet_inputs
 
     return random_unet_inputs(unet, batch, size, generator=torch.Generator().manual_seed(seed))
 

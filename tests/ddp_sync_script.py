@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import lightning as L
-import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -21,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.brushdata import DataConfig, MaskConfig  # noqa: E402
 from data.datamodule import BrushDataModule  # noqa: E402
 from data.synth import write_synthetic_shards  # noqa: E402
-from train.brushnet import BrushNetModel  # noqa: E402
-from train.module import BrushNetModule  # noqa: E402
+from train.engine.module import BrushNetModule  # noqa: E402
+from train.model.brushnet import BrushNetModel  # noqa: E402
+from train.model.tiny import build_tiny_base  # noqa: E402
 from train.schema import EMAConfig, ModelConfig, OptimConfig  # noqa: E402
-from train.tiny import build_tiny_base  # noqa: E402
 
 CALLS = {"n": 0, "buckets": 0}
 

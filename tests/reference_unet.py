@@ -1,6 +1,6 @@
 """An explicit, loop-by-loop UNet forward with BrushNet residuals, written from
 docs/reference.md section 2 as the reference fork does it (no hooks). The tests check
-that the hook-based injection in ``train.injection`` computes exactly this.
+that the hook-based injection in ``train.model.injection`` computes exactly this.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def reference_brushnet_unet(unet, sample, timestep, encoder_hidden_states, down,
 
 def assert_matches_reference(unet, branch, inputs: dict, scales=(0.0, 0.5, 1.0), atol: float = 1e-5) -> None:
     """brushnet_unet_forward == the explicit loop fed with the branch's residuals, at each scale."""
-    from train.brushnet import brushnet_unet_forward
+    from train.model.injection import brushnet_unet_forward
 
     for scale in scales:
         out = branch(**inputs, conditioning_scale=scale)

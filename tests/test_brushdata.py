@@ -11,11 +11,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from bad_shards import members, write_bad_dataset, write_tar, write_uneven_shards
+
 from data.batch import model_inputs
 from data.brushdata import BadDataError, BrushDataLoader, DataConfig, MaskConfig
-from data.shards import ShardSpecError, expand_shards, shard_sizes, split_segments, Segment
+from data.shards import (
+    Segment,
+    ShardSpecError,
+    expand_shards,
+    shard_sizes,
+    split_segments,
+)
 from data.writer import ShardWriter, brushdata_members, encode_jpeg
 
 UNEVEN = [13, 40, 5, 22, 31, 9, 17]  # 137 records in 7 shards

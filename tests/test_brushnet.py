@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import randomize_zero_convs, stock_output, unet_inputs
 from reference_unet import assert_matches_reference, reference_brushnet_unet
-from train.brushnet import BrushNetModel, brushnet_unet_forward, residual_counts
-from train.injection import inject_residuals, injection_points
+
+from train.model.brushnet import BrushNetModel, residual_counts
+from train.model.injection import (
+    brushnet_unet_forward,
+    inject_residuals,
+    injection_points,
+)
 
 EXPECTED_COUNTS = {"sd15": (12, 1, 15), "sdxl": (9, 1, 11)}
 

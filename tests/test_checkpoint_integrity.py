@@ -15,9 +15,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from train.checkpointing import CheckpointWriteError, StepCheckpoint, resolve_resume, verified
 from train.cli import main
-from train.integrity import MANIFEST, CheckpointError, verify_checkpoint
+from train.engine.checkpointing import (
+    CheckpointWriteError,
+    StepCheckpoint,
+    resolve_resume,
+    verified,
+)
+from train.engine.integrity import MANIFEST, CheckpointError, verify_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["synth.train_samples=64", "synth.eval_samples=16", "eval.samples=16", "synth.per_shard=32",
@@ -127,7 +132,7 @@ def test_old_checkpoints_without_a_manifest_resume_with_what_can_be_checked(tmp_
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS])
 def test_a_write_error_removes_the_partial_folder_and_names_path_error_and_newest(tmp_path, monkeypatch, code):
-    import train.checkpointing as checkpointing
+    import train.engine.checkpointing as checkpointing
 
     cb = _saved(tmp_path, 10)
     ckpts = tmp_path / "checkpoints"

@@ -44,7 +44,7 @@ def test_demo_rejects_bad_config(tmp_path, capsys):
 
 
 def test_overrides_may_follow_a_later_config_option(tmp_path, capsys, monkeypatch):
-    import train.fit as fit_module
+    import train.commands.fit as fit_module
 
     seen = {}
     monkeypatch.setattr(fit_module, "run", lambda args: seen.update(config=args.config, overrides=args.overrides))

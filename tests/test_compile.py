@@ -12,15 +12,14 @@ import copy
 
 import pytest
 import torch
+from conftest import randomize_zero_convs
 from omegaconf import OmegaConf
 from torch._dynamo.utils import counters
 
-from train.brushnet import BrushNetModel
-from train.compile import compile_problem, eager
-from train.module import BrushNetModule
+from train.engine.compile import compile_problem, eager
+from train.engine.module import BrushNetModule
+from train.model.brushnet import BrushNetModel
 from train.schema import EMAConfig, ModelConfig, OptimConfig
-
-from conftest import randomize_zero_convs
 
 PARTS = ("branch", "unet", "vae")
 

@@ -7,9 +7,9 @@ import tarfile
 
 import numpy as np
 import pytest
+from bad_shards import write_bad_dataset
 from PIL import Image
 
-from bad_shards import write_bad_dataset
 from data.masks import rle_decode
 from data.records import parse_record, read_shard
 from data.shards import expand_shards

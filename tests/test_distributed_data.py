@@ -7,8 +7,8 @@ import json
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from bad_shards import write_uneven_shards
+
 from data.brushdata import BrushDataLoader, DataConfig
 
 SIZES = [11, 3, 26, 7, 19]

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train.brushnet import BrushNetModel
 from train.cli import main
+from train.model.brushnet import BrushNetModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["synth.train_samples=96", "synth.eval_samples=16", "eval.samples=16", "synth.per_shard=32",

@@ -8,9 +8,9 @@ from omegaconf import OmegaConf
 
 from train.cli import main
 from train.config import ConfigError
-from train.optim import build_optimizer, optimizer_choice
+from train.engine.optim import build_optimizer, optimizer_choice
+from train.engine.strategy import deepspeed_config
 from train.schema import DeepSpeedConfig, OptimConfig
-from train.strategy import deepspeed_config
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

@@ -6,11 +6,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_zero_convs
 from PIL import Image
 
-from conftest import randomize_zero_convs
-from train.brushnet import BrushNetModel
-from train.pipeline import SCHEDULERS, BrushNetInpaintPipeline, blend_with_blurred_mask, hole_from_user_mask, keep_from_hole
+from train.model.brushnet import BrushNetModel
+from train.model.pipeline import (
+    SCHEDULERS,
+    BrushNetInpaintPipeline,
+    blend_with_blurred_mask,
+    hole_from_user_mask,
+    keep_from_hole,
+)
 
 
 def _scene(h=72, w=88, seed=0):

@@ -7,12 +7,13 @@ import shutil
 
 import pytest
 import torch
+from conftest import OFFICIAL, stock_output, unet_inputs
 from diffusers import UNet2DConditionModel
+from reference_unet import assert_matches_reference
 from safetensors.torch import load_file, save_file
 
-from conftest import OFFICIAL, stock_output, unet_inputs
-from reference_unet import assert_matches_reference
-from train.brushnet import BrushNetModel, brushnet_unet_forward
+from train.model.brushnet import BrushNetModel
+from train.model.injection import brushnet_unet_forward
 
 LAYOUTS = {"sd15": OFFICIAL, "sdxl": OFFICIAL / "sdxl"}
 WEIGHTS = "diffusion_pytorch_model.safetensors"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import data.records as records
+import data.streams as streams
 from data.brushdata import BadDataError, BrushDataLoader, DataConfig, MaskConfig
-from data.records import BadRecord, RawRecord, ShardStream, read_shard
-from data.shards import ShardReadError
+from data.records import BadRecord, RawRecord, read_shard
+from data.streams import ShardReadError, ShardStream
 from data.synth import write_synthetic_shards
 from train.cli import main
 
@@ -71,7 +71,7 @@ class _Breaking(io.BytesIO):
 def test_the_stream_retries_with_backoff_and_continues_where_it_broke(monkeypatch):
     data = os.urandom(300_000)
     sleeps = []
-    monkeypatch.setattr(records.time, "sleep", sleeps.append)
+    monkeypatch.setattr(streams.time, "sleep", sleeps.append)
     opener = _Flaky(data, fail_open=2, break_at=123_457)
     stream = ShardStream("https://example.org/a.tar", retries=3, retry_delay=0.5, opener=opener)
     assert io.BufferedReader(stream).read() == data, "the bytes after the break continue exactly"

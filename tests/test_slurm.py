@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]

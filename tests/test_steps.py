@@ -12,8 +12,8 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from data.brushdata import DataConfig, MaskConfig
 from data.datamodule import BrushDataModule
 from data.synth import write_synthetic_shards
-from train.brushnet import BrushNetModel
-from train.module import BrushNetModule
+from train.engine.module import BrushNetModule
+from train.model.brushnet import BrushNetModel
 from train.schema import EMAConfig, ModelConfig, OptimConfig
 
 
@@ -153,7 +153,7 @@ def test_sdxl_vae_stays_in_fp32_under_fp16(tiny_sdxl, tiny_sd15):
 
 
 def test_pipeline_guidance_defaults_follow_the_reference(tiny_sd15, tiny_sdxl):
-    from train.pipeline import default_guidance
+    from train.model.pipeline import default_guidance
 
     assert default_guidance(tiny_sd15) == 7.5 and default_guidance(tiny_sdxl) == 5.0
 
@@ -179,7 +179,7 @@ def test_a_preemption_signal_waits_for_the_end_of_the_accumulation_window():
     import signal
     from types import SimpleNamespace
 
-    from train.preemption import PreemptionHandler
+    from train.engine.preemption import PreemptionHandler
 
     saves = []
     checkpoint = SimpleNamespace(last_saved_step=None, save=lambda trainer, module: saves.append(trainer.global_step))

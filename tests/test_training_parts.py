@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,11 +14,17 @@ from data.brushdata import DataConfig, MaskConfig
 from data.datamodule import BrushDataModule
 from data.synth import write_synthetic_shards
 from launch.env import detect_launch
-from train.brushnet import BrushNetModel
-from train.ema import BranchEMA
-from train.losses import min_snr_weights, per_sample_mse, region_mse, snr, training_target
-from train.module import BrushNetModule, NonFiniteError
-from train.optim import lr_at
+from train.engine.ema import BranchEMA
+from train.engine.losses import (
+    min_snr_weights,
+    per_sample_mse,
+    region_mse,
+    snr,
+    training_target,
+)
+from train.engine.module import BrushNetModule, NonFiniteError
+from train.engine.optim import lr_at
+from train.model.brushnet import BrushNetModel
 from train.schema import EMAConfig, ModelConfig, OptimConfig
 
 
@@ -176,7 +181,7 @@ def _fake_trainer_for_checkpoints(step, write):
 def test_a_checkpoint_appears_only_when_complete(tmp_path):
     import json as _json
 
-    from train.checkpointing import StepCheckpoint, find_latest, resolve_resume
+    from train.engine.checkpointing import StepCheckpoint, find_latest, resolve_resume
 
     cb = StepCheckpoint(tmp_path / "checkpoints", every_n_steps=10, keep_last=2, branch_config={"a": 1})
 
@@ -207,7 +212,7 @@ def signal_state():
     """A fresh SignalState with its handlers installed, the previous handlers restored afterwards."""
     import signal as _signal
 
-    from train.signals import SignalState
+    from train.engine.signals import SignalState
 
     previous = {s: _signal.getsignal(s) for s in (_signal.SIGUSR1, _signal.SIGTERM)}
     state = SignalState()
@@ -218,13 +223,13 @@ def signal_state():
 
 
 def _preemption(signal_state, requeue=False):
-    from train.preemption import PreemptionHandler
+    from train.engine.preemption import PreemptionHandler
 
     saves = []
     checkpoint = SimpleNamespace(last_saved_step=None, save=lambda trainer, module: saves.append(trainer.global_step))
     handler = PreemptionHandler(checkpoint, signal_state, requeue=requeue)
     trainer = SimpleNamespace(world_size=1, global_step=7, is_global_zero=True, should_stop=False)
-    module = SimpleNamespace(device=torch.device("cpu"), preempted=False)
+    module = SimpleNamespace(device=torch.device("cpu"))
     return handler, trainer, module, saves
 
 
@@ -238,7 +243,7 @@ def test_preemption_handler_only_sets_a_flag_and_saves_once(signal_state):
     _signal.raise_signal(_signal.SIGUSR1)  # a second signal: still just the flag
     assert saves == [] and handler.received == 2
     handler.on_train_batch_end(trainer, module, None, None, 0)
-    assert saves == [7] and trainer.should_stop and module.preempted
+    assert saves == [7] and trainer.should_stop and handler.preempted
 
 
 def test_a_signal_during_start_up_stops_at_train_start_with_nothing_to_save(signal_state, capsys):
@@ -247,7 +252,7 @@ def test_a_signal_during_start_up_stops_at_train_start_with_nothing_to_save(sign
     _signal.raise_signal(_signal.SIGTERM)  # while models load: the process lives on, the flag is set
     handler, trainer, module, saves = _preemption(signal_state, requeue=True)
     handler.on_train_start(trainer, module)
-    assert trainer.should_stop and module.preempted and saves == []
+    assert trainer.should_stop and handler.preempted and saves == []
     out = capsys.readouterr().out
     assert "termination signal received; stopping before the first step (at step 7)" in out
     assert "nothing to requeue" not in out, "SIGTERM stops without a requeue"
@@ -256,7 +261,7 @@ def test_a_signal_during_start_up_stops_at_train_start_with_nothing_to_save(sign
 def test_a_signal_in_the_end_phase_skips_the_export(signal_state, tmp_path, capsys, monkeypatch):
     import signal as _signal
 
-    from train.checkpointing import ExportOnEnd
+    from train.callbacks.export_on_end import ExportOnEnd
 
     handler, trainer, module, saves = _preemption(signal_state, requeue=True)
     trainer.strategy = SimpleNamespace(barrier=lambda name=None: None)
@@ -265,7 +270,7 @@ def test_a_signal_in_the_end_phase_skips_the_export(signal_state, tmp_path, caps
     assert not handler.interrupts_end_phase(trainer, module)
     _signal.raise_signal(_signal.SIGUSR1)  # during the final eval
     export.on_train_end(trainer, module)
-    assert export.exported == [] and module.preempted and saves == []
+    assert export.exported == [] and handler.preempted and saves == []
     out = capsys.readouterr().out
     assert "time-limit warning (requeue) signal received; stopping after the final checkpoint (step 7)" in out
     assert "not a SLURM job, nothing to requeue" in out

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from train.cli import main
 from train.schema import FitConfig
-from train.validation import RULES, TYPE_ONLY
+from train.setup.validation import RULES, TYPE_ONLY
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -125,13 +125,13 @@ def test_every_key_has_a_rule_and_every_rule_a_key():
     keys = set(_leaves(OmegaConf.structured(FitConfig)))
     ruled = [rule.key for rule in RULES]
     assert len(ruled) == len(set(ruled)), "one line per key"
-    assert keys - set(ruled) - TYPE_ONLY == set(), "keys without a validation rule (add one line to train.validation.RULES)"
+    assert keys - set(ruled) - TYPE_ONLY == set(), "keys without a validation rule (add one line to train.setup.validation.RULES)"
     assert set(ruled) - keys == set(), "rules for keys the schema does not have"
 
 
 def test_the_shipped_configs_pass(tmp_path):
-    from train.fit import load_fit_config
-    from train.validation import problems
+    from train.commands.fit import load_fit_config
+    from train.setup.validation import problems
 
     shards = tmp_path / "shards"
     assert main(["data", "synth", str(shards), "--samples", "4", "--per-shard", "4"]) == 0
@@ -143,7 +143,7 @@ def test_the_shipped_configs_pass(tmp_path):
 
 def test_cross_checks_for_keys_other_branches_add():
     """The recipe's keys (brush_min_strokes, model.vae) are checked as soon as the schema has them."""
-    from train.validation import _brush_strokes, _vae
+    from train.setup.validation import _brush_strokes, _vae
 
     cfg = OmegaConf.create({"data": {"mask": {"brush_min_strokes": 3, "brush_max_strokes": 1}}, "model": {"vae": "./no/vae"}})
     assert _brush_strokes(cfg, None) == ["data.mask.brush_min_strokes=3 is larger than data.mask.brush_max_strokes=1"]

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from test_fit import SMALL, fit
-from train.brushnet import BrushNetModel
-from train.cli import main
-from train.metrics import TrainingMetrics
-from train.progress import StepProgress, format_eta
-from train.samples import ValItem, grid_rows
 from wandb_reader import summary
+
+from train.callbacks.metrics import TrainingMetrics
+from train.callbacks.progress import StepProgress, format_eta
+from train.callbacks.samples import ValItem, grid_rows
+from train.cli import main
+from train.model.brushnet import BrushNetModel
 
 
 def test_wandb_offline_run_holds_metrics_images_and_config_and_resumes_the_same_run(tmp_path):
@@ -134,10 +134,10 @@ def test_two_process_runs_with_samples_finish(tmp_path, extra):
 
 
 def test_sample_command_writes_an_image_of_the_input_size(tmp_path, capsys):
-    from train.tiny import write_tiny_base
+    from train.model.tiny import write_tiny_base
 
     base = write_tiny_base(tmp_path / "base", "sd15")
-    from train.components import load_base
+    from train.model.components import load_base
 
     BrushNetModel.from_unet(load_base(base).unet).save_pretrained(tmp_path / "branch")
     rng = np.random.default_rng(0)
@@ -163,8 +163,8 @@ def test_flop_model_matches_brushnet_md(arch, resolution, tflop):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from train.components import BaseModel
-    from train.flops import training_flops_per_sample
+    from train.model.components import BaseModel
+    from train.model.flops import training_flops_per_sample
 
     root = Path(__file__).resolve().parents[1] / "configs" / "architectures" / arch
     with torch.device("meta"):
@@ -182,8 +182,8 @@ def test_flop_model_matches_brushnet_md(arch, resolution, tflop):
 def test_validation_items_from_a_folder_and_from_shards(tmp_path):
     from data.brushdata import DataConfig
     from data.synth import write_synthetic_shards
-    from train.evaluation import heldout_batches
-    from train.samples import items_from_batch, items_from_folder
+    from train.callbacks.evaluation import heldout_batches
+    from train.callbacks.samples import items_from_batch, items_from_folder
 
     folder = tmp_path / "val"
     folder.mkdir()

@@ -14,10 +14,10 @@ from typing import Sequence
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "fit": ("train.fit", "train a BrushNet branch (default: the tiny CPU job, configs/tiny_cpu.yaml)"),
-    "export": ("train.export", "checkpoint (DDP or DeepSpeed ZeRO) -> branch folder in the reference layout"),
-    "sample": ("train.sample_cmd", "inpaint an image with a base model and a branch folder"),
-    "demo": ("train.demo", "inpaint a synthetic image with tiny models on CPU (no downloads)"),
+    "fit": ("train.commands.fit", "train a BrushNet branch (default: the tiny CPU job, configs/tiny_cpu.yaml)"),
+    "export": ("train.commands.export", "checkpoint (DDP or DeepSpeed ZeRO) -> branch folder in the reference layout"),
+    "sample": ("train.commands.sample", "inpaint an image with a base model and a branch folder"),
+    "demo": ("train.commands.demo", "inpaint a synthetic image with tiny models on CPU (no downloads)"),
     "data": ("data.cli", "BrushData shard tools: build, synth, validate, preview, bench, index"),
 }
 
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["fit"]:
         # The process is `brushtrain fit`: before the heavy imports, so that a requeue/stop signal
         # during start-up is remembered (and acted on when training starts), not fatal.
-        from .signals import install
+        from train.engine.signals import install
 
         install()
     parser = build_parser()
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from .errors import UserError
+    from common.errors import UserError
 
     try:
         return int(args._run(args) or 0)

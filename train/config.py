@@ -13,7 +13,9 @@ from typing import Sequence, Type
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import UserError
+from common.errors import UserError
+from configs import resolve as resolve_config
+from configs import shipped
 
 __all__ = ["ConfigError", "UsageError", "compose", "to_yaml", "to_public_dict"]
 
@@ -34,9 +36,9 @@ class UsageError(UserError, ValueError):
 def compose(schema: Type, files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
     merged = OmegaConf.structured(schema)
     for file in files:
-        path = Path(file)
+        path = resolve_config(file)  # a path, or a shipped config by name (`-c sd15_segmentation`)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            raise ConfigError(f"config file {path} does not exist (shipped configs: {', '.join(shipped())})")
         try:
             layer = OmegaConf.load(path)
             merged = OmegaConf.merge(merged, layer)

@@ -4,7 +4,7 @@ YAML files in ``configs/`` override these defaults, ``key=value`` arguments
 override the files (``brushtrain fit -c configs/sd15_segmentation.yaml
 trainer.devices=8 data.batch_size=4``). Unknown keys and wrong types are
 rejected when the config is composed; ranges, choices and the rules between
-keys (one line per key in ``train/validation.py``) before any work starts.
+keys (one line per key in ``train/setup/validation.py``) before any work starts.
 The ``data.*`` keys, including ``data.shard_retries`` / ``data.shard_retry_delay``
 for remote shards, are ``data.brushdata.DataConfig``.
 """
@@ -22,9 +22,11 @@ __all__ = [
 ]
 
 
+DTYPE_NAMES = ("bf16", "fp16", "fp32")  # every setting that names a dtype (train.model.components.DTYPES)
+
 @dataclass
 class CompileConfig:
-    """``torch.compile`` of the parts of a training step (train/compile.py), each in place (names unchanged)."""
+    """``torch.compile`` of the parts of a training step (train/engine/compile.py), each in place (names unchanged)."""
 
     branch: bool = False  # the trainable branch (not with deepspeed.stage=3)
     unet: bool = False  # the frozen UNet, with the residual-injection hooks inside the graph
@@ -49,7 +51,7 @@ class ModelConfig:
     tie_conv_in_bias: bool = True
     # dtype of the frozen UNet, VAE and text encoders: bf16 | fp16 | fp32. With fp16, SDXL's VAE stays in fp32
     # (it overflows in fp16; its config says force_upcast) unless model.vae is an fp16-safe one.
-    frozen_dtype: str = "bf16"
+    frozen_dtype: str = "bf16"  # one of DTYPE_NAMES
     gradient_checkpointing: bool = False  # on the branch and the frozen UNet
     prediction_type: Optional[str] = None  # epsilon | v_prediction; default: the base's scheduler config
     min_snr_gamma: Optional[float] = None  # min-SNR loss weighting (e.g. 5.0); None = plain MSE
@@ -157,7 +159,7 @@ class MetricsConfig:
 
 @dataclass
 class SamplesConfig:
-    """Inpainting samples logged during training (see train/samples.py)."""
+    """Inpainting samples logged during training (see train/callbacks/samples.py)."""
 
     enabled: bool = True
     every_n_steps: int = 1000  # and at the start of every run; 0: only at the start

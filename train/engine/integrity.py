@@ -28,7 +28,7 @@ from pathlib import Path
 
 __all__ = ["MANIFEST", "CheckpointError", "Verdict", "write_manifest", "verify_checkpoint"]
 
-from .errors import UserError
+from common.errors import UserError
 
 MANIFEST = "manifest.json"
 _CHUNK = 8 << 20

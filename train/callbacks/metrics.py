@@ -13,7 +13,7 @@ Every ``every_n_steps`` optimizer steps, over the window since the last report:
 * ``throughput/samples_per_s_per_gpu``, ``throughput/samples_per_s`` (all
   ranks), ``throughput/images_per_s(_per_gpu)`` (one training image per sample),
 * ``perf/mfu`` = achieved FLOP/s per GPU / peak FLOP/s, with the FLOPs per
-  sample of :mod:`train.flops`; the peak used is printed once and logged as
+  sample of :mod:`train.model.flops`; the peak used is printed once and logged as
   ``perf/peak_tflops``,
 * ``memory/max_allocated_gib``, ``memory/max_reserved_gib`` (CUDA),
 * ``data/good``, ``data/bad``, ``data/bad/<reason>``, ``data/pad_batches`` (all ranks)
@@ -78,7 +78,7 @@ class TrainingMetrics(Callback):
         self._last_end = self.clock()
         self._last_step = trainer.global_step
         if self.peak_tflops is None:
-            from .flops import peak_tflops
+            from train.model.flops import peak_tflops
 
             self.peak_tflops, self.peak_source = peak_tflops(pl_module.device, self.peak_override)
         if trainer.is_global_zero and self.flops_per_sample:

@@ -16,7 +16,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["BaseModel", "load_base", "load_vae", "encode_prompts", "tokenize", "encode_tokens", "vae_scale_factor", "sdxl_time_ids"]
+from train.schema import DTYPE_NAMES
+
+__all__ = ["DTYPES", "BaseModel", "load_base", "load_vae", "encode_prompts", "tokenize", "encode_tokens", "vae_scale_factor", "sdxl_time_ids"]
+
+# The dtype names of every setting that takes one (model.frozen_dtype, `brushtrain sample --dtype`).
+DTYPES = {name: getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[name]) for name in DTYPE_NAMES}
 
 
 @dataclass
@@ -169,8 +174,11 @@ def encode_prompts(base: BaseModel, prompts: Sequence[str]) -> tuple[torch.Tenso
     return encode_tokens(base, tokenize(base, prompts))
 
 
-def sdxl_time_ids(
-    original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]
-) -> list[int]:
-    """SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)."""
-    return [*original_size, *crop_top_left, *target_size]
+def sdxl_time_ids(original_size, crop_top_left, target_size) -> torch.Tensor:
+    """SDXL micro-conditioning, one row per image: (orig_h, orig_w, crop_top, crop_left, target_h, target_w).
+
+    Each argument is an (h, w)-like pair for all images or an (N, 2) tensor of one pair per image; the
+    result is (N, 6) (N = 1 when every argument is a pair)."""
+    parts = [torch.as_tensor(v, dtype=torch.long).reshape(-1, 2) for v in (original_size, crop_top_left, target_size)]
+    n = max(p.shape[0] for p in parts)
+    return torch.cat([p.expand(n, 2) for p in parts], dim=1)

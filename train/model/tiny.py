@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from .components import BaseModel
+from configs import ARCHITECTURES
+from train.model.components import BaseModel
 
-__all__ = ["TINY_CONFIGS", "GENERATED", "tiny_tokenizer", "build_tiny_base", "build_random_base", "write_tiny_base",
+__all__ = ["is_generated", "TINY_CONFIGS", "GENERATED", "tiny_tokenizer", "build_tiny_base", "build_random_base", "write_tiny_base",
            "write_generated_base", "random_unet_inputs"]
 
-ARCHITECTURES = Path(__file__).resolve().parents[1] / "configs" / "architectures"
 
 _SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -159,7 +159,7 @@ def _write_base(path: Path, build) -> Path:
         return path
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} exists and is not a model folder (no model_index.json)")
-    from data.writer import atomic_directory
+    from common.files import atomic_directory
 
     with atomic_directory(path) as tmp:  # a folder with model_index.json is always complete
         build().save_pretrained(tmp)
@@ -188,3 +188,8 @@ def random_unet_inputs(unet, batch: int = 2, size: int = 8, generator: torch.Gen
                                      device=device),
         }
     return inputs
+
+
+def is_generated(base: str) -> bool:
+    """A base written here (``tiny:<kind>``, ``random:<kind>``) rather than loaded from a folder or the hub."""
+    return base.startswith(("tiny:", "random:"))

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+from common.files import write_text_atomic
 from data.brushdata import BrushDataLoader
-from data.shards import shard_specs
-
-from .compile import eager
+from train.engine.compile import eager
 
 __all__ = ["DenoisingEval", "heldout_batches"]
 
@@ -27,7 +25,7 @@ __all__ = ["DenoisingEval", "heldout_batches"]
 def heldout_batches(data_cfg, shards: list[str], samples: int) -> list[dict]:
     """The first ``samples`` good held-out samples, deterministic (no shuffling, fixed seed)."""
     cfg = dataclasses.replace(
-        data_cfg, shards=shard_specs(shards), num_workers=0, shuffle_shards=False, shuffle_buffer=1, caption_dropout=0.0,
+        data_cfg, shards=list(shards), num_workers=0, shuffle_shards=False, shuffle_buffer=1, caption_dropout=0.0,
         seed=0, max_bad_fraction=1.0, batch_size=min(int(data_cfg.batch_size), 8), pin_memory=False,
     )
     batches, seen = [], 0
@@ -55,7 +53,7 @@ class DenoisingEval(Callback):
 
     def evaluate(self, trainer, pl_module, label: str) -> dict:
         if self._batches is None:
-            self._batches = heldout_batches(self.data_cfg, shard_specs(self.cfg.shards), self.cfg.samples)
+            self._batches = heldout_batches(self.data_cfg, list(self.cfg.shards), self.cfg.samples)
         timesteps = list(self.cfg.timesteps)
         with eager():  # model.compile: other shapes and eval mode, not worth a compile
             with_branch = pl_module.denoising_loss(self._batches, timesteps)
@@ -76,13 +74,14 @@ class DenoisingEval(Callback):
             )
             history = json.loads(self.out_file.read_text()) if self.out_file.is_file() else []
             history.append(record)
-            tmp = self.out_file.with_name(f".{self.out_file.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(history, indent=2))
-            os.replace(tmp, self.out_file)
+            write_text_atomic(self.out_file, json.dumps(history, indent=2))
         return record
 
+    def _stopped(self) -> bool:
+        return self.preemption is not None and self.preemption.preempted
+
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.cfg.at_start and not getattr(pl_module, "preempted", False):
+        if self.cfg.at_start and not self._stopped():
             self.evaluate(trainer, pl_module, "start")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -92,7 +91,7 @@ class DenoisingEval(Callback):
             self.evaluate(trainer, pl_module, "during")
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if not self.cfg.at_end or getattr(pl_module, "preempted", False):
+        if not self.cfg.at_end or self._stopped():
             return
         if self.preemption is None or not self.preemption.interrupts_end_phase(trainer, pl_module):
             self.evaluate(trainer, pl_module, "end")

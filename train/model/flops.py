@@ -42,8 +42,8 @@ def training_flops_per_sample(base, branch, resolution: int) -> dict[str, float]
     """FLOPs per training sample, broken down as in docs/reference.md section 8."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .components import vae_scale_factor
-    from .injection import brushnet_unet_forward
+    from train.model.components import vae_scale_factor
+    from train.model.injection import brushnet_unet_forward
 
     with torch.device("meta"):
         unet = _meta_copy(base.unet).requires_grad_(False)

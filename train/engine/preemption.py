@@ -1,7 +1,7 @@
 """Preemption and time limits: save together, requeue, resume where the job stopped.
 
-The signal handlers (:mod:`train.signals`, installed when ``brushtrain fit``
-starts) only set a flag in the :class:`~train.signals.SignalState` this
+The signal handlers (:mod:`train.engine.signals`, installed when ``brushtrain fit``
+starts) only set a flag in the :class:`~train.engine.signals.SignalState` this
 callback is handed; nothing is saved inside a handler. The flag is acted on at
 the first safe point, by all ranks together (one small all-reduce decides):
 
@@ -32,7 +32,7 @@ import subprocess
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from .signals import REQUEUE, SignalState
+from train.engine.signals import REQUEUE, SignalState
 
 __all__ = ["PreemptionHandler"]
 
@@ -103,8 +103,7 @@ class PreemptionHandler(Callback):
         if when and trainer.is_global_zero:
             what = "time-limit warning (requeue)" if decision == _REQUEUE else "termination"
             print(f"brushtrain: {what} signal received; stopping {when}", flush=True)
-        self.preempted = True
-        pl_module.preempted = True  # eval and export at the end are skipped
+        self.preempted = True  # asked by the eval, samples and export at the end (they are handed this handler)
         trainer.should_stop = True
         if decision == _REQUEUE and self.requeue and trainer.is_global_zero:
             self._requeue()

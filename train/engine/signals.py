@@ -5,7 +5,7 @@ heavy is imported, so a SIGUSR1 (SLURM's ``--signal=USR1@T`` warning, the
 requeue signal) or a SIGTERM (``scancel``, a preempting job) that arrives while
 Python imports, models load or data is counted no longer kills the process: the
 handler only records it in :data:`SIGNALS`. The training callback
-(:class:`train.preemption.PreemptionHandler`, handed this object) acts on it at
+(:class:`train.engine.preemption.PreemptionHandler`, handed this object) acts on it at
 the first safe point, on every rank together. This module imports nothing
 heavy; keep it that way.
 """

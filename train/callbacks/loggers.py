@@ -68,6 +68,6 @@ def build_loggers(cfg, out: Path, public_config: dict, is_rank_zero: bool) -> li
             config=public_config,
         )
         return [wandb, csv]
-    from .config import ConfigError
+    from train.config import ConfigError
 
     raise ConfigError(f"logging.logger must be wandb, csv, tensorboard or none, got {kind!r}")

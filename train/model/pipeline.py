@@ -24,9 +24,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .brushnet import BrushNetModel, make_conditioning, vae_encode
-from .components import BaseModel, encode_prompts, load_base, sdxl_time_ids, vae_scale_factor
-from .injection import brushnet_unet_forward
+from train.model.brushnet import BrushNetModel, make_conditioning, vae_encode
+from train.model.components import (
+    BaseModel,
+    encode_prompts,
+    load_base,
+    sdxl_time_ids,
+    vae_scale_factor,
+)
+from train.model.injection import brushnet_unet_forward
 
 __all__ = [
     "SCHEDULERS",
@@ -147,7 +153,7 @@ def _as_list(value, n: int, name: str) -> list:
 
 
 class BrushNetInpaintPipeline:
-    """Sampler over a :class:`~train.components.BaseModel` and a branch."""
+    """Sampler over a :class:`~train.model.components.BaseModel` and a branch."""
 
     def __init__(self, base: BaseModel, brushnet: BrushNetModel, scheduler="unipc"):
         self.base = base
@@ -270,7 +276,7 @@ class BrushNetInpaintPipeline:
 
         added = None
         if self.base.is_sdxl:
-            time_ids = torch.tensor([sdxl_time_ids(work, (0, 0), work)] * n, device=device, dtype=dtype)
+            time_ids = sdxl_time_ids(work, (0, 0), work).expand(n, 6).to(device, dtype=dtype)
             added = {"text_embeds": pooled.to(dtype), "time_ids": torch.cat([time_ids] * 2) if cfg else time_ids}
 
         from diffusers.utils.torch_utils import randn_tensor

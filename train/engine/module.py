@@ -32,19 +32,22 @@ import numpy as np
 import torch
 
 from data.batch import model_inputs
+from train.engine.compile import prepare_models, to_memory_format
+from train.engine.diagnostics import ParamChange, grad_norms
+from train.engine.ema import BranchEMA
+from train.engine.losses import (
+    min_snr_weights,
+    per_sample_mse,
+    region_mse,
+    training_target,
+)
+from train.engine.optim import build_optimizer, lr_at
+from train.engine.strategy import is_deepspeed
+from train.model.brushnet import BrushNetModel, make_conditioning, vae_encode
+from train.model.components import DTYPES, BaseModel, encode_prompts, sdxl_time_ids
+from train.model.injection import brushnet_unet_forward
 
-from .brushnet import BrushNetModel, make_conditioning, vae_encode
-from .compile import prepare_models, to_memory_format
-from .components import BaseModel, encode_prompts
-from .diagnostics import ParamChange, grad_norms
-from .ema import BranchEMA
-from .injection import brushnet_unet_forward
-from .losses import min_snr_weights, per_sample_mse, region_mse, training_target
-from .optim import build_optimizer, lr_at
-
-__all__ = ["BrushNetModule", "NonFiniteError", "DTYPES"]
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+__all__ = ["BrushNetModule", "NonFiniteError"]
 _AUTOCAST = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16, "16": torch.float16}
 
 
@@ -100,7 +103,6 @@ class BrushNetModule(L.LightningModule):
         self.skipped_steps = 0
         self.nonfinite_in_a_row = 0
         self.overflow_steps = 0  # fp16: steps the loss scaler skipped while finding its scale
-        self.preempted = False  # set by the preemption handler: no eval/export at the end
         self.record_keys_to = record_keys_to
         # The accumulation window: micro-batches done in it, their losses, whether one was non-finite.
         self._micro = 0
@@ -115,7 +117,7 @@ class BrushNetModule(L.LightningModule):
 
     @property
     def uses_deepspeed(self) -> bool:
-        return self._trainer is not None and type(self.trainer.strategy).__name__.endswith("DeepSpeedStrategy")
+        return self._trainer is not None and is_deepspeed(self.trainer.strategy)
 
     @property
     def at_step_boundary(self) -> bool:
@@ -175,7 +177,7 @@ class BrushNetModule(L.LightningModule):
         """One generator per sample, from the sample's own seed (see the module docstring)."""
         return [self._generator(0x5A3, int(s)) for s in batch["sample_seed"].tolist()]
 
-    def _autocast(self):
+    def autocast(self):
         """Mixed precision for the frozen + branch forward: Lightning's (if it set one), the trainer's
         precision, else the frozen parts' dtype when that is half (fp32 branch, bf16 UNet)."""
         if torch.is_autocast_enabled(self.device.type):
@@ -203,8 +205,7 @@ class BrushNetModule(L.LightningModule):
         added = None
         if self.base.is_sdxl:
             res = batch["image"].shape[-1]
-            target = torch.tensor([[res, res]] * latents.shape[0])
-            time_ids = torch.cat([batch["original_size"], batch["crop_top_left"], target], dim=1)
+            time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], (res, res))
             added = {"text_embeds": pooled, "time_ids": time_ids.to(self.device, dtype=embeds.dtype)}
         return latents, cond, embeds, added
 
@@ -213,7 +214,7 @@ class BrushNetModule(L.LightningModule):
 
     def _predict(self, noisy, timesteps, embeds, cond, added, scale):
         noisy, cond = self._layout(noisy), self._layout(cond)
-        with self._autocast():
+        with self.autocast():
             return brushnet_unet_forward(self.base.unet, self.brushnet, noisy, timesteps, embeds, cond,
                                          conditioning_scale=scale, added_cond_kwargs=added)
 

@@ -30,7 +30,8 @@ from typing import Any, Callable, NamedTuple
 
 from omegaconf import OmegaConf
 
-from .config import ConfigError
+from train.config import ConfigError
+from train.model.tiny import is_generated
 
 __all__ = ["Rule", "RULES", "TYPE_ONLY", "CROSS_CHECKS", "validate", "problems", "resolution_multiple", "generated"]
 
@@ -97,7 +98,10 @@ def precisions() -> tuple[str, ...]:
     """Lightning's precision names and their short aliases ("32", "16", "bf16", "64")."""
     from typing import get_args
 
-    from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+    from lightning.fabric.connector import (
+        _PRECISION_INPUT_STR,
+        _PRECISION_INPUT_STR_ALIAS,
+    )
 
     return get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS)
 
@@ -114,7 +118,7 @@ def accelerators() -> tuple[str, ...]:
 
 
 def _schedulers() -> tuple[str, ...]:
-    from .pipeline import SCHEDULERS
+    from train.model.pipeline import SCHEDULERS
 
     return tuple(SCHEDULERS)
 
@@ -130,13 +134,13 @@ def _scheduler_name(v) -> bool:
 
 
 def _dtypes() -> tuple[str, ...]:
-    from .module import DTYPES
+    from train.model.components import DTYPES
 
     return tuple(DTYPES)
 
 
 def _devices(v) -> bool:
-    return v == "auto" or integer(ge=1)(v)  # what train/fit.py's process layout understands
+    return v == "auto" or integer(ge=1)(v)  # what train/commands/fit.py's process layout understands
 
 
 def _betas(v) -> bool:
@@ -282,11 +286,6 @@ TYPE_ONLY: frozenset[str] = frozenset()
 # ------------------------------------------------------------- cross checks
 
 
-def generated(base: str) -> bool:
-    """A base written by train/tiny.py (tiny:<kind>, random:<kind>) rather than loaded."""
-    return base.startswith(("tiny:", "random:"))
-
-
 def _local_or_hub_id(value: str) -> bool:
     """An existing local path, or something shaped like a hub id (org/name) to download."""
     return Path(value).expanduser().exists() or (value.count("/") == 1 and not value.startswith((".", "/", "~")))
@@ -296,7 +295,7 @@ def _base(cfg, launch) -> list[str]:
     base = cfg.model.base
     if not text(base):
         return []  # the rule reports it
-    if generated(base):
+    if is_generated(base):
         if base.split(":", 1)[1] not in ("sd15", "sdxl"):
             return [f"model.base {base!r}: generated bases are tiny:sd15, tiny:sdxl, random:sd15, random:sdxl"]
         return []
@@ -319,11 +318,11 @@ def _component_config(cfg, name: str) -> dict | None:
     """The base's ``<name>/config.json`` without loading anything (generated bases: their own configs)."""
     base = cfg.model.base
     if base.startswith("tiny:"):
-        from .tiny import TINY_CONFIGS
+        from train.model.tiny import TINY_CONFIGS
 
         return TINY_CONFIGS.get(base[5:], {}).get(name)
     if base.startswith("random:"):
-        from .tiny import ARCHITECTURES
+        from configs import ARCHITECTURES
 
         path = ARCHITECTURES / base[7:] / name / "config.json"
     else:
@@ -496,8 +495,8 @@ def _precision_here(cfg, launch) -> list[str]:
     if cfg.trainer.strategy == "deepspeed":
         from typing import get_args
 
-        from lightning.fabric.plugins.precision.deepspeed import _PRECISION_INPUT
         from lightning.fabric.connector import _PRECISION_INPUT_STR_ALIAS_CONVERSION
+        from lightning.fabric.plugins.precision.deepspeed import _PRECISION_INPUT
 
         full = _PRECISION_INPUT_STR_ALIAS_CONVERSION.get(p, p)
         if full not in get_args(_PRECISION_INPUT):
@@ -508,7 +507,7 @@ def _precision_here(cfg, launch) -> list[str]:
 def _deepspeed(cfg, launch) -> list[str]:
     import torch
 
-    from .strategy import deepspeed_problem
+    from train.engine.strategy import deepspeed_problem
 
     if cfg.trainer.strategy != "deepspeed":
         return []
@@ -531,8 +530,8 @@ def _logger(cfg, launch) -> list[str]:
 
 
 def _compile(cfg, launch) -> list[str]:
-    """model.compile.*: the torch version, the mode, not the branch under ZeRO-3 (train/compile.py)."""
-    from .compile import compile_problem
+    """model.compile.*: the torch version, the mode, not the branch under ZeRO-3 (train/engine/compile.py)."""
+    from train.engine.compile import compile_problem
 
     problem = compile_problem(cfg.model, cfg.deepspeed.stage if cfg.trainer.strategy == "deepspeed" else None)
     return [problem] if problem else []

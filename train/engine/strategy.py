@@ -1,4 +1,5 @@
-"""``trainer.strategy`` -> a Lightning strategy: DDP or DeepSpeed ZeRO-1/2/3 (the only module importing deepspeed).
+"""``trainer.strategy`` -> a Lightning strategy: DDP or DeepSpeed ZeRO-1/2/3 (DeepSpeed itself is imported lazily,
+where a call needs it: ``deepspeed.initialize`` here, ``zero_to_fp32`` in export, its fused Adam in the optimizer).
 
 ``CPUDeepSpeedStrategy`` is for tests only (``deepspeed.allow_cpu=true``):
 Lightning's DeepSpeed strategy refuses anything but CUDA, while DeepSpeed itself
@@ -13,9 +14,14 @@ from datetime import timedelta
 
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
-from .config import ConfigError
+from train.config import ConfigError
 
-__all__ = ["build_strategy", "deepspeed_config", "deepspeed_problem", "BrushDeepSpeedStrategy", "CPUDeepSpeedStrategy"]
+__all__ = ["is_deepspeed", "build_strategy", "deepspeed_config", "deepspeed_problem", "BrushDeepSpeedStrategy", "CPUDeepSpeedStrategy"]
+
+
+def is_deepspeed(strategy) -> bool:
+    """Whether a Lightning strategy runs DeepSpeed (ours or Lightning's)."""
+    return isinstance(strategy, DeepSpeedStrategy)
 
 
 class BrushDeepSpeedStrategy(DeepSpeedStrategy):
@@ -93,7 +99,7 @@ def deepspeed_config(ds, batch_size: int, grad_clip: float) -> dict:
 
 
 def _stage_problem(ds) -> str | None:
-    from .optim import ADAM_IMPLS
+    from train.engine.optim import ADAM_IMPLS
 
     if ds.stage not in (1, 2, 3):
         return f"deepspeed.stage must be 1, 2 or 3, got {ds.stage}"

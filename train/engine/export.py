@@ -1,12 +1,5 @@
-"""Checkpoint -> a branch folder in the reference layout (config.json + safetensors).
-
-Works on our step checkpoints from DDP / single-process runs (Lightning's
-``model.ckpt``, read with ``weights_only=True``) and from DeepSpeed ZeRO-2/3
-runs (shards consolidated to fp32 with DeepSpeed's own ``zero_to_fp32``), and
-on a run folder (its newest intact checkpoint). The checkpoint is verified
-against its manifest first (``train/integrity.py``); a damaged one is refused
-with the reason. ``--ema`` exports the EMA weights.
-"""
+"""A checkpoint's branch -> a branch folder in the reference layout (config.json + safetensors); see
+:mod:`train.commands.export` for what it reads."""
 
 from __future__ import annotations
 
@@ -14,9 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["CheckpointError", "branch_state_dict", "export_branch", "add_arguments", "run"]
+from train.engine.checkpointing import DDP_FILE, EMA_FILE, FROZEN_FILE, locate
+from train.engine.integrity import CheckpointError
 
-from .integrity import CheckpointError
+__all__ = ["CheckpointError", "branch_state_dict", "export_branch", "export_final"]
 
 _PREFIX = "brushnet."
 
@@ -33,13 +27,7 @@ def branch_state_dict(checkpoint: str | Path, ema: bool = False, verify: bool = 
     """
     import torch
 
-    from .checkpointing import DDP_FILE, EMA_FILE, FROZEN_FILE, find_latest, verified
-
-    path = Path(checkpoint)
-    if verify:
-        path = verified(path, _say)
-    elif path.is_dir() and (path / "checkpoints").is_dir():
-        path = find_latest(path / "checkpoints") or path
+    path = locate(checkpoint, _say, verify=verify)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     folder = path if path.is_dir() else path.parent
@@ -58,7 +46,9 @@ def branch_state_dict(checkpoint: str | Path, ema: bool = False, verify: bool = 
         config = config or (ckpt.get("brushtrain") or {}).get("brushnet_config")
         state = {k[len(_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(_PREFIX)}
     elif (path / "latest").is_file() or any(path.glob("*/*model_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from deepspeed.utils.zero_to_fp32 import (
+            get_fp32_state_dict_from_zero_checkpoint,
+        )
 
         tag = (path / "latest").read_text().strip() if (path / "latest").is_file() else None
         full = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
@@ -78,27 +68,25 @@ def branch_state_dict(checkpoint: str | Path, ema: bool = False, verify: bool = 
 
 def export_branch(checkpoint: str | Path, out_dir: str | Path, ema: bool = False, verify: bool = True) -> Path:
     """Write the branch as a reference-layout folder, atomically; returns the folder."""
-    from .brushnet import BrushNetModel
+    from train.model.brushnet import BrushNetModel
 
     state, config = branch_state_dict(checkpoint, ema=ema, verify=verify)
     branch = BrushNetModel.from_config(config)
     missing, unexpected = branch.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint does not match its branch config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    from data.writer import atomic_directory
+    from common.files import atomic_directory
 
     with atomic_directory(out_dir) as tmp:
         branch.save_pretrained(tmp, safe_serialization=True)
     return Path(out_dir)
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", help="a step checkpoint folder, a .ckpt file, a DeepSpeed folder, or a run's output_dir")
-    parser.add_argument("out_dir", help="the branch folder to write (config.json + diffusion_pytorch_model.safetensors)")
-    parser.add_argument("--ema", action="store_true", help="export the EMA weights")
-
-
-def run(args) -> int:
-    out = export_branch(args.checkpoint, args.out_dir, ema=args.ema)
-    print(f"wrote {out} (reference BrushNet layout{', EMA weights' if args.ema else ''})")
-    return 0
+def export_final(checkpoint: Path, output_dir: Path, ema: bool, verify: bool = False) -> list[Path]:
+    """``<output_dir>/brushnet`` (and ``brushnet-ema``) from a checkpoint this run wrote."""
+    targets = [(output_dir / "brushnet", False)] + ([(output_dir / "brushnet-ema", True)] if ema else [])
+    done = []
+    for out, use_ema in targets:
+        done.append(export_branch(checkpoint, out, ema=use_ema, verify=verify))
+        print(f"exported {'EMA ' if use_ema else ''}branch (reference layout) to {out}", flush=True)
+    return done

@@ -34,20 +34,24 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .errors import UserError
-from .integrity import MANIFEST, CheckpointError, archive_problem, verify_checkpoint, write_manifest
+from common.errors import UserError
+from common.files import write_text_atomic
+from train.engine.integrity import (
+    MANIFEST,
+    CheckpointError,
+    archive_problem,
+    verify_checkpoint,
+    write_manifest,
+)
+from train.engine.strategy import is_deepspeed
 
-__all__ = ["StepCheckpoint", "ExportOnEnd", "GuardedCheckpointIO", "CheckpointWriteError", "is_write_error", "step_folders", "find_latest", "newest_intact", "verified",
+__all__ = ["StepCheckpoint", "locate", "GuardedCheckpointIO", "CheckpointWriteError", "is_write_error", "step_folders", "find_latest", "newest_intact", "verified",
            "resolve_resume", "checkpoint_file", "DDP_FILE", "EMA_FILE", "FROZEN_FILE"]
 
 DDP_FILE = "model.ckpt"
 EMA_FILE = "ema.safetensors"
 FROZEN_FILE = "frozen_branch.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def _is_deepspeed(trainer: L.Trainer) -> bool:
-    return type(trainer.strategy).__name__.endswith("DeepSpeedStrategy")
 
 
 def step_folders(checkpoint_dir: str | Path) -> list[Path]:
@@ -70,7 +74,7 @@ def _quiet(message: str) -> None:
 
 
 def newest_intact(checkpoint_dir: str | Path, say=print) -> Path | None:
-    """The newest checkpoint that passes :func:`~train.integrity.verify_checkpoint`; None if there is none at all.
+    """The newest checkpoint that passes :func:`~train.engine.integrity.verify_checkpoint`; None if there is none at all.
 
     Damaged ones are skipped, each reported through ``say`` with the reason. If
     every checkpoint is damaged, raises :class:`CheckpointError` listing them:
@@ -130,6 +134,16 @@ def verified(path: str | Path, say=print) -> Path:
         problem = archive_problem(path)
         if problem:
             raise CheckpointError(f"checkpoint {path} is damaged: {problem}")
+    return path
+
+
+def locate(path: str | Path, say=print, verify: bool = True) -> Path:
+    """The checkpoint a user named: :func:`verified`, or unchecked (a run folder: its newest checkpoint)."""
+    if verify:
+        return verified(path, say)
+    path = Path(path)
+    if path.is_dir() and _STEP_DIR.match(path.name) is None and (path / "checkpoints").is_dir():
+        return find_latest(path / "checkpoints") or path
     return path
 
 
@@ -238,7 +252,7 @@ class StepCheckpoint(Callback):
         if trainer.is_global_zero:
             failure = _attempt(self._make_folder, tmp)
         self._settle(trainer, tmp, step, failure)  # every rank, instead of a barrier
-        target = tmp if _is_deepspeed(trainer) else tmp / DDP_FILE
+        target = tmp if is_deepspeed(trainer.strategy) else tmp / DDP_FILE
         if self.io is not None:
             self.io.recording = True
         try:
@@ -274,7 +288,8 @@ class StepCheckpoint(Callback):
 
             save_file({k: v.contiguous() for k, v in ema.state_dict()["shadow"].items()}, str(tmp / EMA_FILE))
         # ZeRO-1 checkpoints record no frozen parameters for zero_to_fp32 (ZeRO-2/3 do); a ZeRO-3 partition is not whole.
-        frozen = {n: p.detach().cpu().contiguous() for n, p in pl_module.brushnet.named_parameters()
+        branch = getattr(pl_module, "brushnet", None)
+        frozen = {n: p.detach().cpu().contiguous() for n, p in (branch.named_parameters() if branch is not None else ())
                   if not p.requires_grad and not hasattr(p, "ds_id")}
         if frozen:
             from safetensors.torch import save_file
@@ -289,7 +304,7 @@ class StepCheckpoint(Callback):
             shutil.rmtree(final)
         os.replace(tmp, final)
         try:  # the checkpoint exists now; `latest` is a convenience for people and scripts
-            _write_atomic(self.dirpath / "latest", final.name + "\n")
+            write_text_atomic(self.dirpath / "latest", final.name + "\n")
         except OSError as exc:
             print(f"brushtrain: checkpoint {final} is complete, but {self.dirpath / 'latest'} could not be updated: {exc}",
                   flush=True)
@@ -366,58 +381,8 @@ def _all_gather(obj) -> list:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _fsync_tree(root: Path) -> None:
     for path in root.rglob("*"):
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-
-
-class ExportOnEnd(Callback):
-    """At the end of training, rank 0 exports the final checkpoint to ``<output_dir>/brushnet`` (and ``-ema``).
-
-    Skipped when a signal stopped training, or arrives before the export (``preemption``
-    decides, on every rank together): the next run, or ``brushtrain export``, exports it.
-    """
-
-    def __init__(self, checkpoint_callback, output_dir: str | Path, ema: bool = False, preemption=None):
-        self.checkpoint_callback = checkpoint_callback
-        self.output_dir = Path(output_dir)
-        self.ema = ema
-        self.preemption = preemption
-        self.exported: list[Path] = []
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        # Runs after StepCheckpoint.on_train_end (callback order), so the final checkpoint exists.
-        if getattr(pl_module, "preempted", False):
-            return  # the requeued job exports when it finishes
-        if self.preemption is not None and self.preemption.interrupts_end_phase(trainer, pl_module):
-            return
-        if trainer.is_global_zero:
-            final = self.checkpoint_callback.last_saved or find_latest(self.checkpoint_callback.dirpath)
-            if final is None:  # checkpoint.save_on_end=false and no checkpoint written
-                print("nothing exported: no checkpoint was written", flush=True)
-            else:
-                self.exported += export_final(final, self.output_dir, self.ema)
-        trainer.strategy.barrier("brushtrain-export")
-
-
-def export_final(checkpoint: Path, output_dir: Path, ema: bool, verify: bool = False) -> list[Path]:
-    """``<output_dir>/brushnet`` (and ``brushnet-ema``) from a checkpoint this run wrote."""
-    from .export import export_branch
-
-    targets = [(output_dir / "brushnet", False)] + ([(output_dir / "brushnet-ema", True)] if ema else [])
-    done = []
-    for out, use_ema in targets:
-        done.append(export_branch(checkpoint, out, ema=use_ema, verify=verify))
-        print(f"exported {'EMA ' if use_ema else ''}branch (reference layout) to {out}", flush=True)
-    return done

@@ -8,7 +8,7 @@ prefix, and a checkpoint of a compiled run resumes into an eager one and back.
 What was measured on the tiny SD1.5 and SDXL layouts (``tests/test_compile.py``
 counts it with ``torch._dynamo.utils.counters`` and ``error_on_recompile``):
 
-* **The frozen UNet with the per-call injection hooks** (train/injection.py)
+* **The frozen UNet with the per-call injection hooks** (train/model/injection.py)
   compiles to ONE graph for all training steps. Dynamo traces the hooks of the
   UNet's submodules inline; it guards on the *number* of hooks on each module
   (``len(mid_block._forward_hooks) == 1``) and reads each hook, and the residual

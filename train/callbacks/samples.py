@@ -2,7 +2,7 @@
 
 Every ``samples.every_n_steps`` (and when training starts, so the untrained
 baseline is on record) the current branch inpaints the validation items
-through :class:`train.pipeline.BrushNetInpaintPipeline`. Each row of the grid is
+through :class:`train.model.pipeline.BrushNetInpaintPipeline`. Each row of the grid is
 masked input | mask | result | original | result with the branch off
 (``conditioning_scale=0``, same seed), captioned with the prompt. Rows go to
 the loggers as images (W&B: one captioned image per item) and the grid to
@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
-from .compile import eager
+from train.engine.compile import eager
 
 __all__ = ["ValItem", "SampleGrids", "items_from_batch", "items_from_folder", "grid_rows"]
 
@@ -42,7 +42,7 @@ def items_from_batch(batch: dict, count: int, include_pads: bool = False) -> lis
     for i in range(len(batch["key"])):
         if float(batch["weight"][i]) == 0 and not include_pads:
             continue
-        from .pipeline import user_mask_from_keep
+        from train.model.pipeline import user_mask_from_keep
 
         image = batch["image"][i].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
         mask = user_mask_from_keep(batch["keep_mask"][i, 0].cpu().numpy())
@@ -77,8 +77,7 @@ def items_from_folder(folder: str | Path, count: int, resolution: int) -> list[V
 def grid_rows(items: list[ValItem], results: np.ndarray, branch_off: np.ndarray) -> list[np.ndarray]:
     """One row per item: masked input | mask | result | original | branch off, over its prompt."""
     from data.preview import caption_strip
-
-    from .pipeline import mask_pictures
+    from train.model.pipeline import mask_pictures
 
     rows = []
     for item, result, off in zip(items, results, branch_off):
@@ -90,11 +89,12 @@ def grid_rows(items: list[ValItem], results: np.ndarray, branch_off: np.ndarray)
 
 
 class SampleGrids(Callback):
-    def __init__(self, cfg, out_dir: str | Path, items: list[ValItem] | None = None, data_cfg=None):
+    def __init__(self, cfg, out_dir: str | Path, items: list[ValItem] | None = None, data_cfg=None, preemption=None):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.items = items  # None: taken from the first training batch (or the shards, see setup)
         self.data_cfg = data_cfg
+        self.preemption = preemption  # a signal during start-up: no grid at the start
         self.saved: list[Path] = []
         self._last_step = -1
 
@@ -107,11 +107,9 @@ class SampleGrids(Callback):
         if source == "folder":
             self.items = items_from_folder(self.cfg.folder, self.cfg.count, self.data_cfg.resolution)
         elif source == "shards":
-            from data.shards import shard_specs
+            from train.callbacks.evaluation import heldout_batches
 
-            from .evaluation import heldout_batches
-
-            batches = heldout_batches(self.data_cfg, shard_specs(self.cfg.shards), self.cfg.count)
+            batches = heldout_batches(self.data_cfg, list(self.cfg.shards), self.cfg.count)  # resolved by the run
             self.items = [it for b in batches for it in items_from_batch(b, self.cfg.count)][: self.cfg.count]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -122,7 +120,7 @@ class SampleGrids(Callback):
             self._maybe_sample(trainer, pl_module, force=True)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.items is not None and not getattr(pl_module, "preempted", False):
+        if self.items is not None and not (self.preemption is not None and self.preemption.preempted):
             self._maybe_sample(trainer, pl_module, force=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -145,13 +143,13 @@ class SampleGrids(Callback):
 
     @torch.no_grad()
     def generate(self, pl_module, items: list[ValItem], scale: float) -> np.ndarray:
-        from .pipeline import BrushNetInpaintPipeline
+        from train.model.pipeline import BrushNetInpaintPipeline
 
         pipe = BrushNetInpaintPipeline(pl_module.base, pl_module.brushnet, scheduler=self.cfg.scheduler)
         out = []
         for i, item in enumerate(items):  # one seed per item, the same for every call
             generator = torch.Generator(device=pl_module.device).manual_seed(self.cfg.seed + i)
-            with pl_module._autocast():
+            with pl_module.autocast():
                 out.append(pipe(item.image, item.mask, item.prompt, num_inference_steps=self.cfg.steps,
                                 guidance_scale=self.cfg.guidance_scale, conditioning_scale=scale,
                                 generator=generator, output_type="np")[0])

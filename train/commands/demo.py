@@ -62,21 +62,21 @@ def synthetic_scene(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import compose
+    from train.config import compose
 
     cfg = compose(DemoConfig, args.config, args.overrides)
     if cfg.kind not in ("sd15", "sdxl"):
-        from .config import ConfigError
+        from train.config import ConfigError
 
         raise ConfigError(f"kind must be 'sd15' or 'sdxl', got {cfg.kind!r}")
 
     import torch
     from PIL import Image
 
-    from .brushnet import BrushNetModel
-    from .components import load_base
-    from .pipeline import BrushNetInpaintPipeline, mask_pictures
-    from .tiny import write_tiny_base
+    from train.model.brushnet import BrushNetModel
+    from train.model.components import load_base
+    from train.model.pipeline import BrushNetInpaintPipeline, mask_pictures
+    from train.model.tiny import write_tiny_base
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .brushnet import BrushNetModel, BrushNetOutput
+    from train.model.brushnet import BrushNetModel, BrushNetOutput
 
 __all__ = ["InjectionPoint", "injection_points", "inject_residuals", "brushnet_unet_forward"]
 

@@ -3,7 +3,7 @@
 The branch reads ``concat(noisy_latents, masked_image_latents, keep_mask)``
 (4 + 4 + 1 channels) and returns one residual per feature map it produces,
 each passed through a zero-initialised 1x1 conv and multiplied by
-``conditioning_scale``. :func:`train.injection.brushnet_unet_forward` adds those
+``conditioning_scale``. :func:`train.model.injection.brushnet_unet_forward` adds those
 residuals into a stock, frozen ``UNet2DConditionModel``.
 
 Configuration keys and parameter names follow the reference implementation
@@ -25,12 +25,9 @@ from diffusers.models.unets.unet_2d_blocks import DownBlock2D, UNetMidBlock2D, U
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .injection import brushnet_unet_forward
-
 __all__ = [
     "BrushNetModel",
     "BrushNetOutput",
-    "brushnet_unet_forward",
     "residual_counts",
     "vae_encode",
     "make_conditioning",

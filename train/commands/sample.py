@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from train.schema import DTYPE_NAMES
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -34,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", default="unipc", help="unipc, ddim, ddpm, pndm, euler, euler_a, dpmpp or a class name")
     parser.add_argument("--no-blend", action="store_true", help="skip the blurred-mask paste-back")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="default: fp16 on CUDA, fp32 on CPU")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="default: fp16 on CUDA, fp32 on CPU")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,15 +44,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from .config import UsageError
-    from .pipeline import BrushNetInpaintPipeline
+    from train.config import UsageError
+    from train.model.pipeline import BrushNetInpaintPipeline
 
     for name in ("image", "mask"):
         if not Path(getattr(args, name)).is_file():
             raise FileNotFoundError(f"--{name} {getattr(args, name)} does not exist")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-        args.dtype or ("fp16" if device.startswith("cuda") else "fp32")]
+    from train.model.components import DTYPES
+
+    dtype = DTYPES[args.dtype or ("fp16" if device.startswith("cuda") else "fp32")]
     pipe = BrushNetInpaintPipeline.from_pretrained(args.base, args.brushnet, scheduler=args.scheduler, dtype=dtype,
                                                    device=device)
     image = Image.open(args.image).convert("RGB")
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     result.save(args.out)
     print(f"wrote {args.out} ({result.size[0]}x{result.size[1]}, {args.steps} {args.scheduler} steps, seed {args.seed})")
     if args.grid:
-        from .pipeline import mask_pictures
+        from train.model.pipeline import mask_pictures
 
         rgb = np.asarray(image)
         masked, mask_rgb = mask_pictures(rgb, mask)

@@ -295,6 +295,9 @@ class BrushDataLoader:
         self.epoch = 0
         self._base: list[Segment] | None = None  # the epoch's remaining samples after a layout change
         self._finished = False  # every batch of the current epoch has been handed out
+        # Batches of the current epoch handed out under another layout before a resume (Lightning counts them in
+        # its batch index; they are not in this run's plan): len() and the positions count them too.
+        self._offset = 0
         self._reset_progress()
         self._pending: dict | None = None  # this rank's progress to resume with
 
@@ -322,7 +325,7 @@ class BrushDataLoader:
         return max(per_rank)
 
     def __len__(self) -> int:
-        return self.batches_per_rank()
+        return self._offset + self.batches_per_rank()
 
     # ------------------------------------------------------------ iterate
 
@@ -361,6 +364,7 @@ class BrushDataLoader:
     def _advance_epoch(self) -> None:
         self.epoch += 1
         self._base = None
+        self._offset = 0
         self._finished = False
         self._reset_progress()
 
@@ -439,6 +443,8 @@ class BrushDataLoader:
         Trainers that fetch ahead (Lightning does) pass it, so a batch fetched but
         not yet trained on is not counted as consumed.
         """
+        if batches_done is not None:
+            batches_done -= self._offset  # Lightning's index counts the batches handed out before a layout change
         if batches_done is None or batches_done not in self._snapshots:
             if batches_done is not None and batches_done != self.progress["yielded"]:
                 log.warning("no data position recorded after batch %d; saving the latest (%d)",
@@ -460,6 +466,7 @@ class BrushDataLoader:
             "seed": self.cfg.seed,
             "fingerprint": self.fingerprint,
             "layout": {"world_size": self.world_size, "workers": self.workers},
+            "offset": 0 if base is None else self._offset,  # batches of this epoch handed out under earlier layouts
             "base": None if base is None else [[s.shard, s.start, s.end] for s in base],
             "ranks": {int(r["rank"]): r for r in ranks},
         }
@@ -471,13 +478,14 @@ class BrushDataLoader:
         self.epoch = int(state["epoch"])
         if state["fingerprint"] != self.fingerprint or state["seed"] != self.cfg.seed:
             log.warning("the shard set or seed changed since the checkpoint: starting epoch %d from its beginning", self.epoch)
-            self._base, self._pending = None, None
+            self._base, self._pending, self._offset = None, None, 0
             return
         ranks = {int(k): v for k, v in state["ranks"].items()}
         self._finished = False
         self._reset_progress()
         self._base = None if state["base"] is None else [Segment(*s) for s in state["base"]]
         layout = state["layout"]
+        self._offset = int(state.get("offset", 0))
         if (layout["world_size"], layout["workers"]) == (self.world_size, self.workers):
             mine = ranks[self.rank]
             self._pending = mine
@@ -499,6 +507,7 @@ class BrushDataLoader:
                     remaining.append(Segment(seg.shard, seg.start + take, seg.end))
         self._base = remaining
         self._pending = None
+        self._offset += max(int(r.get("yielded", 0)) for r in ranks.values())
         log.warning(
             "data layout changed from %s x %s to %s x %s: continuing epoch %d with the %d samples no old worker had read",
             layout["world_size"], layout["workers"], self.world_size, self.workers, self.epoch,

@@ -134,6 +134,26 @@ def test_resume_with_another_world_size_repeats_nothing(uneven_shards):
     assert len(counts) >= sum(UNEVEN) - 2 * 8  # at most the two old shuffle buffers are skipped
 
 
+def test_after_a_layout_change_len_counts_the_epochs_earlier_batches(uneven_shards):
+    """Lightning restores its batch index within the epoch (6 here) and stops the epoch at len(): len() must
+    count the batches handed out under the old layout, or a resumed run ends its epoch (and training) at once."""
+    loader = BrushDataLoader(_cfg(uneven_shards), 0, 1)
+    _run(loader, 6)
+    state = loader.position(batches_done=6)
+    for rank in range(2):
+        resumed = BrushDataLoader(_cfg(uneven_shards), rank, 2)
+        resumed.restore(state)
+        rest = _run(resumed)
+        assert len(resumed) == 6 + len(rest) and len(rest) > 0
+        again = resumed.position(batches_done=len(resumed))  # the end of that epoch: the next one, no offset
+        assert again["epoch"] == state["epoch"] + 1 and again["offset"] == 0
+    mid = BrushDataLoader(_cfg(uneven_shards), 0, 2)
+    mid.restore(state)
+    _run(mid, 2)
+    later = mid.position(batches_done=8)  # Lightning's index: 6 before the change + 2 since
+    assert later["offset"] == 6 and later["ranks"][0]["yielded"] == 2
+
+
 def test_state_is_gathered_from_every_rank(uneven_shards):
     cfg = _cfg(uneven_shards, num_workers=1)
     loaders = [BrushDataLoader(cfg, r, 2) for r in range(2)]

@@ -108,10 +108,18 @@ def brushbench_items(root: str | Path, mask: str = "inside") -> list[BenchItem]:
                 raise BenchError(f"{where} has no {needed!r}")
         if not (root / entry["image"]).is_file():
             raise BenchError(f"{where}: image {root / entry['image']} does not exist")
+        from PIL import Image
+
+        try:  # check the run-length data now (header only), not after the models have loaded
+            with Image.open(root / entry["image"]) as im:
+                width, height = im.size
+        except Exception as exc:  # noqa: BLE001
+            raise BenchError(f"{where}: image {root / entry['image']} cannot be read: {exc}") from None
+        rle_decode_rowmajor(entry[key], height, width, f"{where} {key!r}")
 
         def load(entry=entry, where=where):
             image = _read_rgb(root / entry["image"])
-            hole = rle_decode_rowmajor(entry[key], image.shape[0], image.shape[1], f"{where} {key}")
+            hole = rle_decode_rowmajor(entry[key], image.shape[0], image.shape[1], f"{where} {key!r}")
             return image, hole
 
         items.append(BenchItem(str(item_id), str(entry["image"]), str(entry.get("caption", "")), load))

@@ -360,3 +360,58 @@ def test_killed_run_resumes(setup, tmp_path):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     assert first.stat().st_mtime_ns == mtime
     assert len(read_csv(out / "per_image.csv")) == 6
+
+
+# ------------------------------------------------------------ training
+
+
+FIT_SMALL = ["synth.train_samples=32", "synth.eval_samples=8", "eval.samples=8", "synth.per_shard=16",
+             "logging.logger=csv", "samples.enabled=false", "ema.enabled=false", "checkpoint.every_n_steps=0",
+             "data.num_workers=0", "data.batch_size=2"]
+FIT_METRICS = ["eval.metrics=[psnr,mse,ssim,lpips,clip_similarity,aesthetic,hps_v21]", "eval.metric_samples=2",
+               "eval.metric_steps=2", "eval.metric_models.clip=tiny", "eval.metric_models.lpips_backbone=random",
+               "eval.every_n_steps=2", "trainer.max_steps=4", "trainer.accumulate_grad_batches=2"]
+
+
+def run_fit(out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "train", "fit", f"output_dir={out}", *FIT_SMALL, *overrides]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-4000:] + "\n" + result.stderr[-6000:]
+    return result
+
+
+def logged_metrics(out: Path) -> dict[int, dict]:
+    rows = {}
+    for path in sorted(out.glob("logs/version_*/metrics.csv")):
+        with open(path) as f:
+            for r in csv.DictReader(f):
+                values = {k: float(v) for k, v in r.items() if k.startswith("eval/") and v}
+                if values:
+                    rows.setdefault(int(r["step"]), {}).update(values)
+    return rows
+
+
+@pytest.mark.slow
+def test_training_logs_the_metrics_once_per_optimizer_step(tmp_path):
+    out = tmp_path / "run"
+    result = run_fit(out, *FIT_METRICS)
+    history = json.loads((out / "eval_metrics.json").read_text())
+    assert [(h["label"], h["step"]) for h in history] == [("start", 0), ("during", 2), ("during", 4), ("end", 4)]
+    assert set(history[0]["metrics"]) == {"psnr", "mse", "ssim", "lpips", "clip_similarity"}
+    assert "aesthetic_head is not set" in history[0]["skipped"]["aesthetic"] and "hps_v21" in history[0]["skipped"]
+    assert "hps_v21 skipped" in result.stdout
+    logged = logged_metrics(out)
+    assert {0, 2, 4} <= set(logged) and "eval/hps_v21" not in logged[2]  # skipped: not logged as a number
+    assert "eval/hole" in logged[2] and "eval/psnr" in logged[2]  # beside the denoising loss
+    assert 0 < logged[2]["eval/mse"] < 1 and logged[2]["eval/psnr"] == pytest.approx(
+        10 * math.log10(1 / logged[2]["eval/mse"]), rel=1e-6)
+
+
+def test_unknown_training_metric_is_refused_before_any_work(tmp_path, capsys):
+    from train.cli import main
+
+    assert main(["fit", f"output_dir={tmp_path / 'run'}", "eval.metrics=[psnr,fid]"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.metrics must be a list of distinct metric names from psnr, mse" in err
+    assert not (tmp_path / "run").exists()

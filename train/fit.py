@@ -212,6 +212,11 @@ def _callbacks(cfg, out: Path, base, branch, data_cfg, io) -> list:
 
         callbacks.append(DenoisingEval(OmegaConf.merge(cfg.eval, {"shards": eval_shards}), data_cfg, out / "eval.json",
                                        preemption=preemption))
+        if cfg.eval.get("metrics"):  # the inpainting metrics of `brushtrain evaluate` (train/metric_eval.py)
+            from .metric_eval import InpaintMetricsEval
+
+            callbacks.append(InpaintMetricsEval(cfg.eval, data_cfg, eval_shards, out / "eval_metrics.json",
+                                                preemption=preemption))
     if cfg.checkpoint.export_on_end:
         callbacks.append(ExportOnEnd(checkpoint, out, ema=cfg.ema.enabled, preemption=preemption))
     every = cfg.trainer.log_every_n_steps

@@ -300,8 +300,8 @@ def test_command_resumes_and_writes_every_output(setup, capsys):
     pred = np.asarray(Image.open(out / "branch" / "images" / "im1.png")).astype(np.float64) / 255
     per_element = (keep[..., None] * (pred - image) ** 2).sum() / (3 * keep.sum())
     row = next(r for r in rows if r["method"] == "branch" and r["id"] == "id1")
-    assert float(row["mse"]) == pytest.approx(per_element, rel=1e-9)
-    assert float(row["psnr"]) == pytest.approx(10 * math.log10(1 / per_element), rel=1e-9)
+    assert float(row["mse"]) == pytest.approx(per_element, rel=1e-8)  # (values are rounded to 9 digits)
+    assert float(row["psnr"]) == pytest.approx(10 * math.log10(1 / per_element), rel=1e-8)
     # with --blend, far from the hole the result is the original
     assert np.abs(pred[60:, :, :] - image[60:, :, :]).max() <= 1 / 255 + 1e-9
 
@@ -309,8 +309,8 @@ def test_command_resumes_and_writes_every_output(setup, capsys):
     ref = setup["root"] / "one"
     assert main(command(setup, ref, "--metric-convention", "reference")) == 0
     ref_row = next(r for r in read_csv(ref / "per_image.csv") if r["method"] == "branch" and r["id"] == "id1")
-    assert float(ref_row["mse"]) == pytest.approx(3 * per_element, rel=1e-9)
-    assert float(row["psnr"]) - float(ref_row["psnr"]) == pytest.approx(10 * math.log10(3), abs=1e-9)
+    assert float(ref_row["mse"]) == pytest.approx(3 * per_element, rel=1e-8)
+    assert float(row["psnr"]) - float(ref_row["psnr"]) == pytest.approx(10 * math.log10(3), abs=1e-6)
 
 
 def test_two_processes_give_the_table_of_one(setup):
@@ -337,8 +337,10 @@ def test_two_processes_give_the_table_of_one(setup):
     for r1, r2 in zip(rows1, rows2):
         for k in im.METRICS:
             assert (r1[k] == "") == (r2[k] == "")
-            if r1[k]:
-                assert float(r1[k]) == pytest.approx(float(r2[k]), rel=1e-3, abs=1e-3)
+            if k in im.PRESERVED:  # float64 throughout, rounded to 9 digits: the same text
+                assert r1[k] == r2[k], (k, r1, r2)
+            elif r1[k]:  # float32 CLIP with another thread count
+                assert float(r1[k]) == pytest.approx(float(r2[k]), rel=1e-6, abs=1e-7)
 
 
 def test_bad_input_is_one_message_without_traceback(setup, tmp_path, capsys):

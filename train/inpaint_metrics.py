@@ -49,7 +49,7 @@ Whole-image metrics (both conventions):
 CLIP preprocessing is CLIPImageProcessor's for OpenAI models: shortest side to
 the model's image size (bicubic), centre crop, OpenAI mean / std.
 
-Models come from local paths or hub ids in :class:`MetricModels`; one that is
+Per-image values are rounded to 9 significant digits. Models come from local paths or hub ids in :class:`MetricModels`; one that is
 not available makes its metric *skipped* with the reason
 (:class:`Skipped`), never zero.
 """
@@ -213,9 +213,9 @@ class SqueezeLPIPS:
         self.heads = heads.eval().requires_grad_(False)
         self.scaling = ScalingLayer()
 
-    def to(self, device):
+    def to(self, device=None, dtype=None):
         for m in (self.features, self.heads, self.scaling):
-            m.to(device)
+            m.to(device=device, dtype=dtype)
         return self
 
     def layer_distances(self, x0, x1):
@@ -279,8 +279,11 @@ def build_lpips(backbone: str | None = None, heads: str | None = None, seed: int
 
 
 def lpips(model: SqueezeLPIPS, pred, target, keep, convention: str = "standard", device="cpu") -> float:
+    """In the model's dtype (float64 as :class:`MetricSuite` builds it: the sums do not depend on threads)."""
+    dtype = model.heads[0].model[1].weight.dtype
     p, k = _tensor(pred, keep, device)
     t, _ = _tensor(target, keep, device)
+    p, t, k = p.to(dtype), t.to(dtype), k.to(dtype)
     if float(k.sum()) == 0:
         return float("nan")
     if convention == "reference":
@@ -422,8 +425,10 @@ class MetricSuite:
             return None
 
     def _load(self):
+        import torch
+
         m = self.models
-        self._lpips = self._try(["lpips"], lambda: build_lpips(m.lpips_backbone, m.lpips_heads).to(self.device))
+        self._lpips = self._try(["lpips"], lambda: build_lpips(m.lpips_backbone, m.lpips_heads).to(self.device, torch.float64))
         self._clip = self._try(["clip_similarity", "aesthetic"], lambda: build_clip(m.clip, self.device))
         if self._clip is not None and "aesthetic" in self.names:
             dim = int(self._clip.model.config.projection_dim)
@@ -501,7 +506,9 @@ class MetricSuite:
                 from PIL import Image
 
                 out[name] = float(self._ir.score(caption, [Image.fromarray(pred)]))
-        return out
+        # 9 significant digits: the same table whatever the number of processes or threads (float32 models
+        # differ in the last bits with the thread count); far below any difference a table can show.
+        return {k: float(f"{v:.9g}") for k, v in out.items()}
 
 
 def offline() -> bool:

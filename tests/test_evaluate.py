@@ -440,3 +440,20 @@ def test_unknown_training_metric_is_refused_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "eval.metrics must be a list of distinct metric names from psnr, mse" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_two_ranks_share_a_generated_tiny_base(setup, tmp_path):
+    """--base tiny:sd15: rank 0 writes the base once, rank 1 waits for the finished folder."""
+    out = tmp_path / "tiny"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+               OMP_NUM_THREADS="1")
+    args = ["evaluate", "--base", "tiny:sd15", "--baseline", "--bench", "brushbench", str(setup["bench"]),
+            "--out", str(out), "--steps", "1", "--resolution", "64", "--limit", "2", "--metrics", "psnr", "mse"]
+    procs = [subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT,
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert (out / "base-tiny-sd15" / "model_index.json").is_file()
+    assert [r["id"] for r in read_csv(out / "per_image.csv")] == ["id0", "id1"]

@@ -182,13 +182,21 @@ class _Progress:
 # ------------------------------------------------------------ generation
 
 
-def _load_base(spec: str, out: Path, dtype):
+def _load_base(spec: str, out: Path, dtype, rank: int = 0):
     from .components import load_base
 
     if spec.startswith(("tiny:", "random:")):
         from .tiny import write_generated_base
 
-        path = write_generated_base(out / f"base-{spec.replace(':', '-')}", spec)
+        path = out / f"base-{spec.replace(':', '-')}"
+        if rank == 0:
+            write_generated_base(path, spec)
+        else:  # rank 0 writes it (atomically); the others wait for the finished folder
+            deadline = time.monotonic() + 600
+            while not (path / "model_index.json").is_file():
+                if time.monotonic() > deadline:
+                    raise EvaluateError(f"rank 0 did not write the generated base {path} within 600 s")
+                time.sleep(0.2)
         return load_base(path, dtype=dtype).freeze()
     if not Path(spec).exists() and spec.count("/") != 1:
         raise EvaluateError(f"--base {spec} does not exist (and is not a hub id like org/name)")
@@ -206,7 +214,7 @@ def generate(args, items, methods, out: Path, rank: int, device, dtype) -> int:
     todo = [(m, it) for m in methods for it in items if not (out / m[0] / it.out_name).is_file()]
     if not todo:
         return 0
-    base = _load_base(args.base, out, dtype)
+    base = _load_base(args.base, out, dtype, rank)
     base.to(device)
     progress = _Progress(len(todo), "generate", rank == 0)
     made = 0
@@ -442,6 +450,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"brushtrain evaluate: {len(items)} images x {len(methods)} method(s) "
               f"({', '.join(m[0] for m in methods)}) over {world} process(es), into {out}", flush=True)
 
+    if rank == 0 and args.base.startswith(("tiny:", "random:")):  # before any rank may wait for it
+        from .tiny import write_generated_base
+
+        write_generated_base(out / f"base-{args.base.replace(':', '-')}", args.base)
     made = generate(args, mine, methods, out, rank, device, dtype)
     rows, skipped = score(args, mine, methods, out, rank, device)
     write_atomic(my_part, json.dumps({"fingerprint": fingerprint, "rows": rows, "skipped": skipped}).encode())

@@ -457,3 +457,17 @@ def test_two_ranks_share_a_generated_tiny_base(setup, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert (out / "base-tiny-sd15" / "model_index.json").is_file()
     assert [r["id"] for r in read_csv(out / "per_image.csv")] == ["id0", "id1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", [["trainer.strategy=ddp"],
+                                      ["trainer.strategy=deepspeed", "deepspeed.allow_cpu=true", "deepspeed.stage=3"]],
+                         ids=["ddp", "zero3"])
+def test_training_metrics_under_two_processes(tmp_path, strategy):
+    """No rank waits on a collective another never enters: under ZeRO-3 both ranks generate, rank 0 scores."""
+    out = tmp_path / "run"
+    run_fit(out, "trainer.devices=2", *strategy, "eval.metrics=[psnr,mse]", "eval.metric_samples=2",
+            "eval.metric_steps=1", "eval.every_n_steps=2", "trainer.max_steps=2", "eval.at_start=false")
+    history = json.loads((out / "eval_metrics.json").read_text())
+    assert [(h["label"], h["step"]) for h in history] == [("during", 2), ("end", 2)]
+    assert all(0 < h["metrics"]["mse"] < 1 and h["images"] == 2 for h in history)

@@ -110,6 +110,22 @@ def test_lpips_heads_are_torchmetrics_shipped_weights():
         assert torch.equal(model.heads[i].model[1].weight, shipped[f"lin{i}.model.1.weight"])
 
 
+def test_lpips_matches_torchmetrics_with_the_same_backbone():
+    """Where torchvision loads (a CUDA build of torch, or a matching CPU torchvision): our LPIPS is torchmetrics'."""
+    pytest.importorskip("torchvision")
+    import torch
+    from torchmetrics.functional.image.lpips import _LPIPS
+
+    ours = im.build_lpips("random", seed=3)
+    theirs = _LPIPS(pretrained=True, net="squeeze", pnet_rand=True)
+    for i, sl in enumerate(ours.SLICES):
+        for j in sl:
+            theirs.net.slices[i][str(j)].load_state_dict(ours.features[j].state_dict())
+    a = torch.rand(1, 3, 64, 64) * 2 - 1
+    b = torch.rand(1, 3, 64, 64) * 2 - 1
+    assert float(ours(a, b)[0]) == pytest.approx(float(theirs(a, b).flatten()[0]), rel=1e-5)
+
+
 def test_missing_weights_are_skipped_with_a_reason(tmp_path, monkeypatch):
     import torch
 

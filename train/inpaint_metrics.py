@@ -57,7 +57,6 @@ not available makes its metric *skipped* with the reason
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -510,6 +509,3 @@ class MetricSuite:
         # differ in the last bits with the thread count); far below any difference a table can show.
         return {k: float(f"{v:.9g}") for k, v in out.items()}
 
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")

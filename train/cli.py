@@ -17,6 +17,7 @@ COMMANDS = {
     "fit": ("train.commands.fit", "train a BrushNet branch (default: the tiny CPU job, configs/tiny_cpu.yaml)"),
     "export": ("train.commands.export", "checkpoint (DDP or DeepSpeed ZeRO) -> branch folder in the reference layout"),
     "sample": ("train.commands.sample", "inpaint an image with a base model and a branch folder"),
+    "evaluate": ("train.commands.evaluate", "generate a benchmark (BrushBench, a folder, shards) and score it: PSNR, LPIPS, CLIP, ..."),
     "demo": ("train.commands.demo", "inpaint a synthetic image with tiny models on CPU (no downloads)"),
     "data": ("data.cli", "BrushData shard tools: build, synth, validate, preview, bench, index"),
 }

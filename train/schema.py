@@ -18,7 +18,7 @@ from data.brushdata import DataConfig
 
 __all__ = [
     "CompileConfig", "ModelConfig", "OptimConfig", "EMAConfig", "DeepSpeedConfig", "TrainerConfig", "CheckpointConfig",
-    "EvalConfig", "SynthConfig", "MetricsConfig", "SamplesConfig", "LoggingConfig", "DebugConfig", "FitConfig",
+    "EvalConfig", "MetricModelsConfig", "SynthConfig", "MetricsConfig", "SamplesConfig", "LoggingConfig", "DebugConfig", "FitConfig",
 ]
 
 
@@ -124,8 +124,22 @@ class CheckpointConfig:
 
 
 @dataclass
+class MetricModelsConfig:
+    """Where ``eval.metrics`` (and ``brushtrain evaluate --metric-models``) find their models; see
+    train/scoring/inpaint_metrics.py. A metric whose model is missing is logged as skipped, never as 0."""
+
+    clip: Optional[str] = "openai/clip-vit-large-patch14"  # clip_similarity and aesthetic
+    aesthetic_head: Optional[str] = None  # LAION's sa_0_4_vit_l_14_linear.pth
+    lpips_backbone: Optional[str] = None  # torchvision's squeezenet1_1-b8a52dc0.pth; null: torch.hub's cache
+    lpips_heads: Optional[str] = None  # null: the heads torchmetrics ships
+    hps: Optional[str] = None  # HPS_v2.1_compressed.pt (needs open_clip_torch: pip install 'brushtrain[eval]')
+    image_reward: Optional[str] = None  # ImageReward.pt or ImageReward-v1.0 (needs the image-reward package)
+
+
+@dataclass
 class EvalConfig:
-    """Held-out masked-region denoising loss (fixed samples, timesteps and noise)."""
+    """Held-out masked-region denoising loss (fixed samples, timesteps and noise), and optionally the
+    inpainting metrics of ``brushtrain evaluate`` on images generated from the held-out set."""
 
     shards: Any = field(default_factory=list)  # one spec or a list; empty: no evaluation
     samples: int = 32
@@ -133,6 +147,15 @@ class EvalConfig:
     at_start: bool = True
     at_end: bool = True
     every_n_steps: int = 0  # 0: only at the start and end
+    # Inpainting metrics (psnr, mse, lpips, ssim, clip_similarity, aesthetic, image_reward, hps_v21) of images
+    # generated from the first metric_samples held-out samples, logged as eval/<metric>; empty: none.
+    metrics: List[str] = field(default_factory=list)
+    metric_samples: int = 8
+    metric_steps: int = 20
+    metric_seed: int = 1234  # the generator is re-seeded with it for every image
+    metric_blend: bool = False  # paste back through the blurred mask (makes the preserved region near-exact)
+    metric_convention: str = "standard"  # standard | reference (see train/scoring/inpaint_metrics.py)
+    metric_models: MetricModelsConfig = field(default_factory=MetricModelsConfig)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from common.files import write_text_atomic
 from data.brushdata import BrushDataLoader
 from train.engine.compile import eager
 
-__all__ = ["DenoisingEval", "heldout_batches"]
+__all__ = ["PeriodicEval", "DenoisingEval", "heldout_batches"]
 
 
 def heldout_batches(data_cfg, shards: list[str], samples: int) -> list[dict]:
@@ -41,15 +41,54 @@ def heldout_batches(data_cfg, shards: list[str], samples: int) -> list[dict]:
     return batches
 
 
-class DenoisingEval(Callback):
-    def __init__(self, eval_cfg, data_cfg, out_file: str | Path, preemption=None):
+class PeriodicEval(Callback):
+    """When a held-out evaluation runs: at the start and end (``at_start``/``at_end``) and every
+    ``every_n_steps`` optimizer steps (once per step under gradient accumulation); never after a signal stopped
+    the run. Subclasses implement ``evaluate(trainer, pl_module, label)``."""
+
+    def __init__(self, eval_cfg, out_file: str | Path, preemption=None):
         self.cfg = eval_cfg
-        self.preemption = preemption  # asked, on every rank, before the end-of-run eval
-        self.data_cfg = data_cfg
         self.out_file = Path(out_file)
-        self._batches: list[dict] | None = None
+        self.preemption = preemption  # asked, on every rank, before the end-of-run eval
         self.results: list[dict] = []
         self._last_step = -1  # with gradient accumulation a step ends one micro-batch, the next ones keep it
+
+    def evaluate(self, trainer, pl_module, label: str):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def append_record(self, record: dict) -> None:
+        """Add ``record`` to the JSON history in ``out_file`` (rank 0), atomically."""
+        history = json.loads(self.out_file.read_text()) if self.out_file.is_file() else []
+        history.append(record)
+        self.out_file.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.out_file, json.dumps(history, indent=2))
+
+    def _stopped(self) -> bool:
+        return self.preemption is not None and self.preemption.preempted
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.cfg.at_start and not self._stopped():
+            self._last_step = trainer.global_step
+            self.evaluate(trainer, pl_module, "start")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n, step = self.cfg.every_n_steps, trainer.global_step
+        if n and step and step % n == 0 and step != self._last_step:
+            self._last_step = step
+            self.evaluate(trainer, pl_module, "during")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self.cfg.at_end or self._stopped():
+            return
+        if self.preemption is None or not self.preemption.interrupts_end_phase(trainer, pl_module):
+            self.evaluate(trainer, pl_module, "end")
+
+
+class DenoisingEval(PeriodicEval):
+    def __init__(self, eval_cfg, data_cfg, out_file: str | Path, preemption=None):
+        super().__init__(eval_cfg, out_file, preemption)
+        self.data_cfg = data_cfg
+        self._batches: list[dict] | None = None
 
     def evaluate(self, trainer, pl_module, label: str) -> dict:
         if self._batches is None:
@@ -72,26 +111,5 @@ class DenoisingEval(Callback):
                 f"| branch off: hole {branch_off['hole']:.4f}, known {branch_off['known']:.4f}",
                 flush=True,
             )
-            history = json.loads(self.out_file.read_text()) if self.out_file.is_file() else []
-            history.append(record)
-            write_text_atomic(self.out_file, json.dumps(history, indent=2))
+            self.append_record(record)
         return record
-
-    def _stopped(self) -> bool:
-        return self.preemption is not None and self.preemption.preempted
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if self.cfg.at_start and not self._stopped():
-            self.evaluate(trainer, pl_module, "start")
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        n, step = self.cfg.every_n_steps, trainer.global_step
-        if n and step and step % n == 0 and step != self._last_step:
-            self._last_step = step
-            self.evaluate(trainer, pl_module, "during")
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if not self.cfg.at_end or self._stopped():
-            return
-        if self.preemption is None or not self.preemption.interrupts_end_phase(trainer, pl_module):
-            self.evaluate(trainer, pl_module, "end")

@@ -17,7 +17,7 @@ import torch
 from configs import ARCHITECTURES
 from train.model.components import BaseModel
 
-__all__ = ["is_generated", "TINY_CONFIGS", "GENERATED", "tiny_tokenizer", "build_tiny_base", "build_random_base", "write_tiny_base",
+__all__ = ["is_generated", "generated_folder", "TINY_CONFIGS", "GENERATED", "tiny_tokenizer", "build_tiny_base", "build_random_base", "write_tiny_base",
            "write_generated_base", "random_unet_inputs"]
 
 
@@ -188,6 +188,11 @@ def random_unet_inputs(unet, batch: int = 2, size: int = 8, generator: torch.Gen
                                      device=device),
         }
     return inputs
+
+
+def generated_folder(base: str, root: str | Path) -> Path:
+    """Where a generated base is written under ``root``: ``<root>/base-<tiny|random>-<kind>``."""
+    return Path(root) / f"base-{base.replace(':', '-')}"
 
 
 def is_generated(base: str) -> bool:

@@ -86,6 +86,11 @@ def build_callbacks(cfg, base, branch, data_cfg, shards: Shards, io):
     if shards.eval:
         callbacks.append(DenoisingEval(OmegaConf.merge(cfg.eval, {"shards": shards.eval}), data_cfg, out / "eval.json",
                                        preemption=preemption))
+        if cfg.eval.metrics:  # the inpainting metrics of `brushtrain evaluate`, on the same held-out set
+            from train.callbacks.metric_eval import InpaintMetricsEval
+
+            callbacks.append(InpaintMetricsEval(cfg.eval, data_cfg, shards.eval, out / "eval_metrics.json",
+                                                preemption=preemption))
     if cfg.checkpoint.export_on_end:
         callbacks.append(ExportOnEnd(checkpoint, out, ema=cfg.ema.enabled, preemption=preemption))
     every = cfg.trainer.log_every_n_steps

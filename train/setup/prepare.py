@@ -7,17 +7,24 @@ import json
 import time
 from pathlib import Path
 
+from common.errors import UserError
 from common.files import atomic_directory
-from train.model.tiny import is_generated
+from train.model.tiny import generated_folder, is_generated
 
-__all__ = ["prepare_files", "base_path", "finished_step"]
+__all__ = ["prepare_files", "base_path", "finished_step", "wait_for", "PrepareTimeout"]
+
+
+class PrepareTimeout(UserError, TimeoutError):
+    """Rank 0 did not write a file the other ranks wait for in time."""
+
+    exit_code = 1
 
 
 def base_path(cfg) -> str | Path:
     """What to load the base from: ``model.base``, or the folder a generated base is written to
     (``<output_dir>/base-<tiny|random>-<kind>``)."""
     base = cfg.model.base
-    return Path(cfg.output_dir) / f"base-{base.replace(':', '-')}" if is_generated(base) else base
+    return generated_folder(base, cfg.output_dir) if is_generated(base) else base
 
 
 def prepare_files(cfg, launch, wait_timeout: float = 1800) -> None:
@@ -41,15 +48,16 @@ def prepare_files(cfg, launch, wait_timeout: float = 1800) -> None:
         if launch.is_rank_zero:
             job()
         else:
-            _wait_for(marker, "prepared files", wait_timeout)
+            wait_for(marker, "prepared files", wait_timeout)
 
 
-def _wait_for(path: Path, what: str, timeout: float) -> None:
-    deadline = time.time() + timeout
+def wait_for(path: Path, what: str, timeout: float, poll: float = 1.0) -> None:
+    """Wait (a rank other than 0) until ``path`` exists; rank 0 writes it atomically."""
+    deadline = time.monotonic() + timeout
     while not path.exists():
-        if time.time() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f}s for rank 0 to write {what} ({path})")
-        time.sleep(1)
+        if time.monotonic() > deadline:
+            raise PrepareTimeout(f"waited {timeout:.0f}s for rank 0 to write {what} ({path})")
+        time.sleep(poll)
 
 
 def _synth_atomic(write, folder: Path, n, per_shard, seed, min_size, max_size) -> None:

@@ -133,6 +133,12 @@ def _scheduler_name(v) -> bool:
     return hasattr(diffusers, v) and v.endswith("Scheduler")
 
 
+def _metric_names() -> tuple[str, ...]:
+    from train.scoring.inpaint_metrics import METRICS
+
+    return METRICS
+
+
 def _dtypes() -> tuple[str, ...]:
     from train.model.components import DTYPES
 
@@ -257,6 +263,19 @@ RULES: list[Rule] = [
     Rule("eval.at_start", flag, "true or false"),
     Rule("eval.at_end", flag, "true or false"),
     Rule("eval.every_n_steps", integer(ge=0), "an integer >= 0 (0: only at the start and end)"),
+    Rule("eval.metrics", lambda v: list_of(one_of(_metric_names))(v) and len(set(v)) == len(v),
+         lambda: "a list of distinct metric names from " + ", ".join(_metric_names())),
+    Rule("eval.metric_samples", integer(ge=1), "an integer >= 1"),
+    Rule("eval.metric_steps", integer(ge=1), "an integer >= 1"),
+    Rule("eval.metric_seed", seed, "an integer in 0 .. 2**32-1"),
+    Rule("eval.metric_blend", flag, "true or false"),
+    Rule("eval.metric_convention", one_of(("standard", "reference")), "standard or reference"),
+    Rule("eval.metric_models.clip", optional(text), "null or a CLIP folder / hub id"),
+    Rule("eval.metric_models.aesthetic_head", optional(text), "null or a path to sa_0_4_vit_l_14_linear.pth"),
+    Rule("eval.metric_models.lpips_backbone", optional(text), "null (torch.hub's cache) or a squeezenet1_1 file"),
+    Rule("eval.metric_models.lpips_heads", optional(text), "null (torchmetrics' heads) or a file"),
+    Rule("eval.metric_models.hps", optional(text), "null or a path to HPS_v2.1_compressed.pt"),
+    Rule("eval.metric_models.image_reward", optional(text), "null, ImageReward-v1.0 or a path"),
     Rule("samples.enabled", flag, "true or false"),
     Rule("samples.every_n_steps", integer(ge=0), "an integer >= 0 (0: only at the start)"),
     Rule("samples.source", one_of(SAMPLE_SOURCES), "train, shards or folder"),
@@ -424,6 +443,15 @@ def _shards(cfg, launch) -> list[str]:
     return out
 
 
+def _eval_metrics(cfg, launch) -> list[str]:
+    from data.shards import shard_specs
+
+    if cfg.eval.get("metrics") and shard_value(cfg.eval.shards) and not shard_specs(cfg.eval.shards) \
+            and not cfg.synth.enabled:
+        return ["eval.metrics needs held-out images: set eval.shards (or synth.enabled=true)"]
+    return []
+
+
 def _samples_folder(cfg, launch) -> list[str]:
     s = cfg.samples
     if s.enabled and s.source == "folder" and not (text(s.folder) and Path(s.folder).expanduser().is_dir()):
@@ -539,7 +567,7 @@ def _compile(cfg, launch) -> list[str]:
 
 CROSS_CHECKS: list[Callable] = [
     _output_dir, _resume, _base, _brushnet, _vae, _resolution, _mask_weights, _brush_strokes, _synth, _shards,
-    _samples_folder,
+    _samples_folder, _eval_metrics,
     _devices_here, _precision_here, _deepspeed, _compile, _logger,
 ]
 

@@ -145,7 +145,7 @@ class _Progress:
 
     def __init__(self, total: int, label: str, enabled: bool):
         self.total, self.label, self.enabled = total, label, enabled
-        self.done, self.start, self.timed = 0, time.monotonic(), 0
+        self.done, self.start = 0, time.monotonic()
         self.bar = None
         if enabled and total:
             try:
@@ -155,17 +155,19 @@ class _Progress:
             except ImportError:
                 pass
 
-    def update(self, timed: bool = True) -> None:
+    def update(self) -> None:
         self.done += 1
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.update(1)
             return
+        from train.callbacks.progress import format_eta
+
         elapsed = time.monotonic() - self.start
         rate = elapsed / self.done
         eta = rate * (self.total - self.done)
-        print(f"{self.label}: {self.done}/{self.total}, {rate:.2f} s/img, ETA {eta / 60:.1f} min", file=sys.stderr,
+        print(f"{self.label}: {self.done}/{self.total}, {rate:.2f} s/img, ETA {format_eta(eta)}", file=sys.stderr,
               flush=True)
 
     def close(self):
@@ -176,17 +178,14 @@ class _Progress:
 # ------------------------------------------------------------ generation
 
 
-def _load_base(spec: str, out: Path, dtype, rank: int = 0):
+def _load_base(spec: str, out: Path, dtype):
     from train.model.components import load_base
-    from train.model.tiny import generated_folder, is_generated, write_generated_base
+    from train.model.tiny import generated_folder, is_generated
     from train.setup.prepare import wait_for
 
-    if is_generated(spec):
+    if is_generated(spec):  # run() has rank 0 write it before any rank gets here; the others wait for it
         path = generated_folder(spec, out)
-        if rank == 0:
-            write_generated_base(path, spec)
-        else:  # rank 0 writes it (atomically); the others wait for the finished folder
-            wait_for(path / "model_index.json", "the generated base", 600, poll=0.2)
+        wait_for(path / "model_index.json", "the generated base", 600, poll=0.2)
         return load_base(path, dtype=dtype).freeze()
     if not Path(spec).exists() and spec.count("/") != 1:
         raise EvaluateError(f"--base {spec} does not exist (and is not a hub id like org/name)")
@@ -204,7 +203,7 @@ def generate(args, items, methods, out: Path, rank: int, device, dtype) -> int:
     todo = [(m, it) for m in methods for it in items if not (out / m[0] / it.out_name).is_file()]
     if not todo:
         return 0
-    base = _load_base(args.base, out, dtype, rank)
+    base = _load_base(args.base, out, dtype)
     base.to(device)
     progress = _Progress(len(todo), "generate", rank == 0)
     made = 0

@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 
 from train.config import ConfigError
 from train.model.tiny import is_generated
+from train.schema import DTYPE_NAMES
 
 __all__ = ["Rule", "RULES", "TYPE_ONLY", "CROSS_CHECKS", "validate", "problems", "resolution_multiple", "generated"]
 
@@ -139,12 +140,6 @@ def _metric_names() -> tuple[str, ...]:
     return METRICS
 
 
-def _dtypes() -> tuple[str, ...]:
-    from train.model.components import DTYPES
-
-    return tuple(DTYPES)
-
-
 def _devices(v) -> bool:
     return v == "auto" or integer(ge=1)(v)  # what train/commands/fit.py's process layout understands
 
@@ -178,7 +173,7 @@ RULES: list[Rule] = [
     Rule("model.compile.dynamic", optional(flag), "null (torch decides), true or false"),
     Rule("model.compile.fullgraph", flag, "true or false"),
     Rule("model.channels_last", flag, "true or false"),
-    Rule("model.frozen_dtype", one_of(_dtypes), lambda: " | ".join(_dtypes())),
+    Rule("model.frozen_dtype", one_of(DTYPE_NAMES), " | ".join(DTYPE_NAMES)),
     Rule("model.gradient_checkpointing", flag, "true or false"),
     Rule("model.prediction_type", optional(one_of(("epsilon", "v_prediction"))), "null, epsilon or v_prediction"),
     Rule("model.min_snr_gamma", optional(number(gt=0)), "null (plain MSE) or a number > 0"),

@@ -132,8 +132,10 @@ class MetricModelsConfig:
     aesthetic_head: Optional[str] = None  # LAION's sa_0_4_vit_l_14_linear.pth
     lpips_backbone: Optional[str] = None  # torchvision's squeezenet1_1-b8a52dc0.pth; null: torch.hub's cache
     lpips_heads: Optional[str] = None  # null: the heads torchmetrics ships
-    hps: Optional[str] = None  # HPS_v2.1_compressed.pt (needs open_clip_torch: pip install 'brushtrain[eval]')
-    image_reward: Optional[str] = None  # ImageReward.pt or ImageReward-v1.0 (needs the image-reward package)
+    hps: Optional[str] = None  # HPS_v2.1_compressed.pt, a folder holding it, or the hub id xswu/HPSv2
+    hps_tokenizer: Optional[str] = "openai/clip-vit-large-patch14"  # the OpenAI CLIP BPE (open_clip's vocabulary)
+    image_reward: Optional[str] = None  # ImageReward.pt, a folder holding it, THUDM/ImageReward or ImageReward-v1.0
+    image_reward_tokenizer: Optional[str] = "bert-base-uncased"  # BLIP's ([DEC] and [ENC] are added)
 
 
 @dataclass

@@ -66,8 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), metavar="METRIC",
                         help=f"any of {', '.join(METRICS)} (default: all)")
     parser.add_argument("--metric-models", default=None,
-                        help="YAML/JSON file with metric model paths (clip, aesthetic_head, lpips_backbone, lpips_heads, "
-                             "hps, image_reward)")
+                        help="YAML/JSON file with metric model paths (clip, aesthetic_head, lpips_backbone, lpips_heads, hps, "
+                             "hps_tokenizer, image_reward, image_reward_tokenizer)")
     parser.add_argument("--grid-metric", default=None, help="metric for the best/worst grid (default: psnr or the first)")
     parser.add_argument("--grid-count", type=int, default=4, help="best and worst images in the grid, each")
     parser.add_argument("--wandb", default=None, metavar="PROJECT", help="also log the tables to this W&B project")

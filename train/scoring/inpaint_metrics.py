@@ -30,7 +30,9 @@ exactly, so numbers line up with published tables:
 * ``lpips`` = torchmetrics' LPIPS (squeeze) of ``pred*keep*2-1`` against
   ``target*keep*2-1``, averaged over the whole image (holes included, not
   normalised by area);
-* ``ssim``: the reference has none; the standard definition is used.
+* ``ssim``: the reference has none; the standard definition is used;
+* ``hps_v21``: HPS's tensor resize without antialiasing, as torchvision 0.13 (BrushNet's tested
+  environment) did; the standard convention antialiases, as torchvision >= 0.17 (today's ``hpsv2``) does.
 
 Whole-image metrics (both conventions):
 
@@ -43,11 +45,13 @@ Whole-image metrics (both conventions):
 * ``hps_v21`` = ``100 * cos(E_img, E_txt)`` of open_clip ViT-H-14 with the
   HPS v2.1 weights (``HPS_v2.1_compressed.pt``; ``hpsv2.score`` returns the
   cosine itself, the paper's tables print 100x it);
-* ``image_reward``: ImageReward-v1.0 (BLIP + MLP head) through the
-  ``image-reward`` package's ``score(prompt, image)``.
+* ``image_reward``: ImageReward-v1.0 (BLIP ViT-L + BERT cross-attention +
+  MLP head), ``(r - 0.1672) / 1.0333`` as ``ImageReward.score`` returns it.
 
-CLIP preprocessing is CLIPImageProcessor's for OpenAI models: shortest side to
-the model's image size (bicubic), centre crop, OpenAI mean / std.
+Both reward models run on transformers' BLIP / CLIP classes with the published
+weights renamed (train/scoring/reward_models.py has the architectures and the
+exact scoring steps); each scorer's own preprocessing is in
+train/scoring/preprocess.py.
 
 Per-image values are rounded to 9 significant digits. Models come from local paths or hub ids in :class:`MetricModels`; one that is
 not available makes its metric *skipped* with the reason
@@ -63,6 +67,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .preprocess import clip_processor
+
 __all__ = ["METRICS", "PRESERVED", "LOWER_IS_BETTER", "CONVENTIONS", "MetricModels", "Skipped", "mse", "psnr",
            "ssim", "lpips", "SqueezeLPIPS", "build_lpips", "ClipScorer", "build_clip", "MetricSuite",
            "check_metric_names"]
@@ -73,8 +79,6 @@ LOWER_IS_BETTER = ("mse", "lpips")
 CONVENTIONS = ("standard", "reference")
 PSNR_CAP = 100.0  # standard convention: 10 log10(1 / 1e-10)
 SQUEEZENET_FILE = "squeezenet1_1-b8a52dc0.pth"  # torchvision's checkpoint name (in torch.hub's cache)
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class Skipped(Exception):
@@ -97,8 +101,10 @@ class MetricModels:
     aesthetic_head: str | None = None  # sa_0_4_vit_l_14_linear.pth (LAION); "random" for tests
     lpips_backbone: str | None = None  # torchvision squeezenet1_1 state dict; None: torch.hub's cache; "random"
     lpips_heads: str | None = None  # None: the heads torchmetrics ships (lpips_models/squeeze.pth)
-    hps: str | None = None  # HPS_v2.1_compressed.pt (needs open_clip_torch: the eval extra)
-    image_reward: str | None = None  # ImageReward.pt or "ImageReward-v1.0" (needs the image-reward package)
+    hps: str | None = None  # HPS_v2.1_compressed.pt, a folder with it, or the hub id xswu/HPSv2; "tiny" for tests
+    hps_tokenizer: str | None = "openai/clip-vit-large-patch14"  # the OpenAI CLIP BPE (open_clip's vocabulary)
+    image_reward: str | None = None  # ImageReward.pt, a folder with it, THUDM/ImageReward or ImageReward-v1.0; "tiny"
+    image_reward_tokenizer: str | None = "bert-base-uncased"  # BLIP's tokenizer ([DEC] and [ENC] are added)
 
     @classmethod
     def from_config(cls, cfg) -> "MetricModels":
@@ -323,20 +329,8 @@ class ClipScorer:
 
     def pixels(self, images: Sequence[np.ndarray]):
         import torch
-        from PIL import Image
 
-        out = []
-        for img in images:
-            im = Image.fromarray(np.asarray(img))
-            w, h = im.size
-            s = self.size / min(w, h)
-            im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BICUBIC)
-            w, h = im.size
-            left, top = (w - self.size) // 2, (h - self.size) // 2
-            im = im.crop((left, top, left + self.size, top + self.size))
-            x = torch.from_numpy(np.asarray(im, np.float32) / 255.0).permute(2, 0, 1)
-            out.append((x - torch.tensor(OPENAI_MEAN)[:, None, None]) / torch.tensor(OPENAI_STD)[:, None, None])
-        return torch.stack(out).to(self.device)
+        return torch.stack([clip_processor(img, self.size) for img in images]).to(self.device)
 
     def image_features(self, images):
         import torch
@@ -391,6 +385,73 @@ def build_aesthetic_head(spec: str | None, dim: int):
     return head.eval()
 
 
+# ------------------------------------------------------- reward models
+
+
+def _weights_file(spec: str | None, filename: str, key: str, what: str) -> Path:
+    """A local file, a folder holding ``filename``, or a hub id (``owner/name``: its ``filename``, downloaded or
+    from the hub's cache); :class:`Skipped` saying why not."""
+    if not spec:
+        raise Skipped(f"{key} is not set ({what}: a path to {filename} or a hub id)")
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if (path / filename).is_file():
+            return path / filename
+        raise Skipped(f"{key}: {spec} holds no {filename}")
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            try:  # the hub's cache first: no network round trip (and no retries offline) when it is there
+                return Path(hf_hub_download(spec, filename, local_files_only=True))
+            except Exception:  # noqa: BLE001 - not cached: download
+                return Path(hf_hub_download(spec, filename))
+        except Exception as exc:  # noqa: BLE001 - offline, not in the cache, no such repository
+            raise Skipped(f"{key}: {filename} of the hub repository {spec} could not be had "
+                          f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    raise Skipped(f"{key}: {what} weights {spec} do not exist")
+
+
+def _tokenizer(spec: str | None, key: str, kind: str, vocab_size: int):
+    """The tokenizer, checked against the model's vocabulary: transformers can hand back an empty tokenizer
+    (a handful of special tokens) where the files are missing, which would score every caption alike."""
+    if not spec:
+        raise Skipped(f"{key} is not set")
+    try:
+        if kind == "blip":
+            from .reward_models import blip_tokenizer
+
+            tok = blip_tokenizer(spec)
+        else:
+            from transformers import CLIPTokenizer
+
+            tok = CLIPTokenizer.from_pretrained(spec)
+    except Exception as exc:  # noqa: BLE001 - not on disk, not in the cache, offline
+        raise Skipped(f"{key}: tokenizer {spec!r} could not be loaded ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if len(tok) != vocab_size:
+        raise Skipped(f"{key}: tokenizer {spec!r} has {len(tok)} tokens, the model's vocabulary {vocab_size} "
+                      "(its files are missing or it is another tokenizer)")
+    return tok
+
+
+def _load_published(path: Path, rename, build, what: str):
+    import torch
+
+    from .reward_models import LayoutError, check_layout, load_into, load_published
+
+    try:
+        state = rename(load_published(path))
+        with torch.device("meta"):  # the layout is checked on a model without storage: a mismatch costs no init
+            check_layout(state, build(), f"{what} weights {path}")
+        return load_into(build(), state, f"{what} weights {path}")
+    except LayoutError as exc:
+        raise Skipped(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - unreadable file, a pickle weights_only refuses
+        raise Skipped(f"{what} weights {path} could not be read ({type(exc).__name__}: {str(exc)[:160]})") from None
+
+
 # ------------------------------------------------------------ the suite
 
 
@@ -437,34 +498,50 @@ class MetricSuite:
         self._hps = self._try(["hps_v21"], self._load_hps)
         self._ir = self._try(["image_reward"], self._load_image_reward)
 
-    def _load_hps(self):
-        if not self.models.hps:
-            raise Skipped("metric_models.hps is not set (HPS_v2.1_compressed.pt)")
-        if not Path(self.models.hps).expanduser().is_file():
-            raise Skipped(f"HPS v2.1 weights {self.models.hps} do not exist")
-        try:
-            import open_clip
-        except Exception as exc:  # noqa: BLE001 - not installed, or torchvision broken
-            raise Skipped(f"open_clip_torch is not importable ({type(exc).__name__}: {str(exc)[:100]}); "
-                          "pip install 'brushtrain[eval]'") from None
-        import torch
+    @property
+    def _antialias(self) -> bool:
+        """HPS's resize: antialiased (today's torchvision) in the standard convention; as the torchvision 0.13 of
+        BrushNet's tested environment (no antialiasing on tensors) in the reference convention."""
+        return self.convention == "standard"
 
-        model, _, preprocess = open_clip.create_model_and_transforms("ViT-H-14", pretrained=None)
-        state = torch.load(Path(self.models.hps).expanduser(), map_location="cpu", weights_only=False)
-        model.load_state_dict(state.get("state_dict", state))
-        return model.eval().to(self.device), preprocess, open_clip.get_tokenizer("ViT-H-14")
+    def _load_hps(self):
+        from . import reward_models as rm
+
+        m = self.models
+        if m.hps == "tiny":
+            from train.model.tiny import tiny_tokenizer
+
+            tok = tiny_tokenizer()
+            text = dict(rm.HPS_TINY["text"], vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            import torch
+
+            torch.manual_seed(2)
+            return rm.HpsScorer(rm.hps_model(dict(rm.HPS_TINY, text=text)), tok, self.device, self._antialias)
+        path = _weights_file(m.hps, "HPS_v2.1_compressed.pt", "metric_models.hps", "HPS v2.1")
+        model = _load_published(path, rm.hps_state, rm.hps_model, "HPS v2.1")
+        tok = _tokenizer(m.hps_tokenizer, "metric_models.hps_tokenizer", "clip", rm.HPS_V21["text"]["vocab_size"])
+        return rm.HpsScorer(model, tok, self.device, self._antialias)
 
     def _load_image_reward(self):
-        try:
-            import ImageReward as RM  # noqa: N813
-        except Exception as exc:  # noqa: BLE001
-            raise Skipped(f"the image-reward package is not importable ({type(exc).__name__}); it pins timm==0.6.13 "
-                          "and fairscale, so it is not a dependency here: install it to score ImageReward") from None
-        spec = self.models.image_reward or "ImageReward-v1.0"
-        try:
-            return RM.load(spec, device=self.device)
-        except Exception as exc:  # noqa: BLE001
-            raise Skipped(f"ImageReward {spec!r} could not be loaded ({type(exc).__name__}: {str(exc)[:120]})") from None
+        from . import reward_models as rm
+
+        m = self.models
+        if m.image_reward == "tiny":
+            import torch
+
+            torch.manual_seed(3)
+            return rm.ImageRewardScorer(rm.ImageRewardModel(rm.IMAGE_REWARD_TINY), rm.tiny_bert_tokenizer(),
+                                        self.device)
+        spec = m.image_reward
+        if spec == "ImageReward-v1.0":  # the image-reward package's name: its download folder, else the hub
+            cached = Path("~/.cache/ImageReward/ImageReward.pt").expanduser()
+            spec = str(cached) if cached.is_file() else "THUDM/ImageReward"
+        path = _weights_file(spec, "ImageReward.pt", "metric_models.image_reward", "ImageReward")
+        model = _load_published(path, rm.image_reward_state, rm.ImageRewardModel, "ImageReward")
+        tok = _tokenizer(m.image_reward_tokenizer, "metric_models.image_reward_tokenizer", "blip",
+                         rm.IMAGE_REWARD_V1["text"]["vocab_size"])
+        return rm.ImageRewardScorer(model, tok, self.device)
 
     def score(self, pred: np.ndarray, target: np.ndarray, hole: np.ndarray, caption: str) -> dict[str, float]:
         """One item: ``pred`` / ``target`` HxWx3 uint8 of the same size, ``hole`` HxW (1 = paint)."""
@@ -493,18 +570,9 @@ class MetricSuite:
                     with torch.no_grad():
                         out[name] = float(self._aesthetic(feats.to(self._aesthetic.weight.dtype))[0, 0])
             elif name == "hps_v21":
-                from PIL import Image
-
-                model, preprocess, tok = self._hps
-                with torch.no_grad():
-                    img = model.encode_image(preprocess(Image.fromarray(pred))[None].to(self.device))
-                    txt = model.encode_text(tok([caption]).to(self.device))
-                img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
-                out[name] = 100.0 * float((img * txt).sum())
+                out[name] = 100.0 * self._hps.score([pred], [caption])[0]
             elif name == "image_reward":
-                from PIL import Image
-
-                out[name] = float(self._ir.score(caption, [Image.fromarray(pred)]))
+                out[name] = self._ir.score([pred], [caption])[0]
         # 9 significant digits: the same table whatever the number of processes or threads (float32 models
         # differ in the last bits with the thread count); far below any difference a table can show.
         return {k: float(f"{v:.9g}") for k, v in out.items()}

@@ -125,7 +125,7 @@ def test_lpips_matches_torchmetrics_with_the_same_backbone():
     theirs = _LPIPS(pretrained=True, net="squeeze", pnet_rand=True)
     for i, sl in enumerate(ours.SLICES):
         for j in sl:
-            theirs.net.slices[i][str(j)].load_state_dict(ours.features[j].state_dict())
+            theirs.net.slices[i]._modules[str(j)].load_state_dict(ours.features[j].state_dict())
     a = torch.rand(1, 3, 64, 64) * 2 - 1
     b = torch.rand(1, 3, 64, 64) * 2 - 1
     assert float(ours(a, b)[0]) == pytest.approx(float(theirs(a, b).flatten()[0]), rel=1e-5)

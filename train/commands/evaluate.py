@@ -414,6 +414,9 @@ def run(args: argparse.Namespace) -> int:
     if len(set(ids)) != len(ids) or len({it.out_name for it in items}) != len(items):
         raise EvaluateError(f"--bench {kind} {source}: ids or image paths are not unique")
 
+    from train.setup.runtime import quiet_libraries
+
+    quiet_libraries()  # our own progress bars stay; the libraries' chatter (dtype casts, DeepSpeed's probe) goes
     launch = detect_launch()
     rank, world = launch.rank, max(1, launch.world_size)
     import torch

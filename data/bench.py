@@ -6,6 +6,7 @@ import time
 
 from data.brushdata import BadDataError, BrushDataLoader, DataConfig
 from data.masks import hole_fraction_stats
+from data.records import jpeg_decoder
 
 __all__ = ["measure_throughput"]
 
@@ -39,6 +40,7 @@ def measure_throughput(cfg: DataConfig, samples: int = 500, warmup: int = 20, ma
                     "seconds": round(elapsed, 3),
                     "workers": cfg.num_workers,
                     "resolution": cfg.resolution,
+                    "jpeg_decoder": jpeg_decoder(),
                     "bad": {k[4:]: v for k, v in loader.counters.items() if k.startswith("bad/")},
                     **extra,
                 }

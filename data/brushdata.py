@@ -180,6 +180,7 @@ class BrushDataset(IterableDataset):
         rng = np.random.default_rng([cfg.seed, epoch, slot, 0xB0F])
         stream = _shuffled(self._records(segments, read), max(1, cfg.shuffle_buffer), rng)
         emitted, batch, bad = 0, [], collections.Counter()
+        images = None  # the batch's image memory: each example is written into its slot (no copy at collate)
         for item in stream:
             emitted += 1
             if emitted <= skip:  # consumed before a resume: skipped before any decoding
@@ -189,20 +190,25 @@ class BrushDataset(IterableDataset):
                 continue
             identity = [cfg.seed, epoch, self.shard_index[item.shard], item.offset]
             sample_rng = np.random.default_rng(identity)
+            if images is None:
+                images = torch.empty((cfg.batch_size, cfg.resolution, cfg.resolution, 3), dtype=torch.uint8)
+                slots = images.numpy()
             try:
                 record = parse_record(item)
                 example = make_example(record, cfg.resolution, self.policy, sample_rng,
-                                       caption_dropout=cfg.caption_dropout, random_crop=cfg.random_crop)
+                                       caption_dropout=cfg.caption_dropout, random_crop=cfg.random_crop,
+                                       out=slots[len(batch)])
                 example.seed = int(np.random.SeedSequence(identity + [0x5EED]).generate_state(1, np.uint64)[0] >> 1)
             except BadSample as exc:
                 self._bad(bad, exc.reason, item.shard, item.key, exc.detail)
                 continue
             batch.append(example)
             if len(batch) == cfg.batch_size:
-                yield _collate(batch, dict(slot=slot, emitted=emitted, read=read.n, bad=dict(bad), marker=False))
-                batch, bad = [], collections.Counter()
-        if batch:
-            yield _collate(batch, dict(slot=slot, emitted=emitted, read=read.n, bad=dict(bad), marker=False))
+                yield _collate(batch, dict(slot=slot, emitted=emitted, read=read.n, bad=dict(bad), marker=False), images)
+                batch, bad, images = [], collections.Counter(), None
+        if batch:  # a short last batch: its own memory, not a view of the full-size buffer
+            yield _collate(batch, dict(slot=slot, emitted=emitted, read=read.n, bad=dict(bad), marker=False),
+                           images[: len(batch)].clone())
             bad = collections.Counter()
         # A last message with the counts of trailing bad records (never given to the trainer).
         yield {"__meta__": dict(slot=slot, emitted=emitted, read=read.n, bad=dict(bad), marker=True)}
@@ -225,10 +231,13 @@ def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
     return out
 
 
-def _collate(examples: list, meta: dict) -> dict:
+def _collate(examples: list, meta: dict, images: torch.Tensor | None = None) -> dict:
+    """``images``: the (B, R, R, 3) uint8 tensor the examples' images were written into, if they were."""
+    if images is None:
+        images = _stack([e.image for e in examples])
     return {
         # (B, 3, R, R) view of HWC memory: no per-sample transpose copy; the device copy is channels-last.
-        "image": _stack([e.image for e in examples]).permute(0, 3, 1, 2),
+        "image": images.permute(0, 3, 1, 2),
         "keep_mask": _stack([e.keep_mask for e in examples]),
         "caption": [e.caption for e in examples],
         "original_size": torch.tensor([e.original_size for e in examples], dtype=torch.int64),

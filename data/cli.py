@@ -249,7 +249,8 @@ def _bench(args) -> int:
     cfg = _data_config(args, 512, batch_size=args.batch_size, num_workers=args.workers, shard_retries=args.retries,
                        shard_retry_delay=args.retry_delay)
     result = measure_throughput(cfg, samples=args.samples, mask_stats=args.mask_stats)
-    print(f"{result['samples_per_s']} samples/s at {cfg.resolution} px with {args.workers} worker(s)", file=sys.stderr)
+    print(f"{result['samples_per_s']} samples/s at {cfg.resolution} px with {args.workers} worker(s), JPEG decode by "
+          f"{result['jpeg_decoder']}", file=sys.stderr)
     if args.mask_stats:
         m = result["masks"]
         print(f"masks: mean hole fraction {m['hole_fraction_mean']}, no hole {m['no_hole_fraction']:.1%}, "

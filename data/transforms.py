@@ -7,8 +7,10 @@ resolution (random or centred), the mask source and its keep mask in that crop
 to [-1, 1] happens on the device, see :func:`data.batch.model_inputs`).
 
 Only the crop window is worked on: the JPEG is decoded at the smallest DCT
-scale that still covers the target size and one resize brings it to the
-resolution; masks are sampled or drawn directly at the crop's pixels.
+scale that still covers the target size (straight into RGB where simplejpeg
+is installed) and one resize brings it to the resolution, written into the
+batch's memory when the caller gives it (``out``); masks are sampled or drawn
+directly at the crop's pixels.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import cv2
 import numpy as np
 
 from data.masks import CropGeometry, MaskPolicy
-from data.records import Record, decode_image
+from data.records import Record, decode_pixels
 
 __all__ = ["Example", "make_example", "crop_window", "crop_geometry"]
 
@@ -63,12 +65,31 @@ def crop_geometry(height: int, width: int, decoded: tuple[int, int], window: tup
     return CropGeometry(height, width, top=y0 * fy, left=x0 * fx, span_y=side * fy, span_x=side * fx, size=resolution)
 
 
-def _resize(array: np.ndarray, size: int) -> np.ndarray:
-    if array.shape[0] == size and array.shape[1] == size:
-        return array
+def _interpolation(side: int, size: int) -> int:
     # bicubic; area averaging only when shrinking 2x or more (the JPEG draft usually did that part)
-    interp = cv2.INTER_AREA if array.shape[0] >= 2 * size else cv2.INTER_CUBIC
-    return cv2.resize(array, (size, size), interpolation=interp)
+    return cv2.INTER_AREA if side >= 2 * size else cv2.INTER_CUBIC
+
+
+def _into(out: np.ndarray, result: np.ndarray) -> np.ndarray:
+    if result is not out and not np.shares_memory(result, out):  # OpenCV allocated instead (an unusual `out`)
+        np.copyto(out, result)
+    return out
+
+
+def _crop_to(crop: np.ndarray, order: str, size: int, out: np.ndarray | None) -> np.ndarray:
+    """The square ``crop`` (``order`` channels) resized to ``size`` as RGB, written into ``out`` if given."""
+    if out is None:
+        out = np.empty((size, size, 3), np.uint8)
+    if crop.shape[0] == size and crop.shape[1] == size:
+        if order == "RGB":
+            np.copyto(out, crop)
+            return out
+        return _into(out, cv2.cvtColor(crop, cv2.COLOR_BGR2RGB, dst=out))
+    interpolation = _interpolation(crop.shape[0], size)
+    if order == "RGB":
+        return _into(out, cv2.resize(crop, (size, size), dst=out, interpolation=interpolation))
+    resized = cv2.resize(crop, (size, size), interpolation=interpolation)  # swap the channels after: fewer pixels
+    return _into(out, cv2.cvtColor(resized, cv2.COLOR_BGR2RGB, dst=out))
 
 
 def make_example(
@@ -78,15 +99,17 @@ def make_example(
     rng: np.random.Generator,
     caption_dropout: float = 0.0,
     random_crop: bool = True,
+    out: np.ndarray | None = None,
 ) -> Example:
+    """``out``: an RxRx3 uint8 C-contiguous array the image is written into (a slot of the batch), else a new one."""
     h, w = record.height, record.width
     short = min(h, w)
     # Decode at the smallest DCT scale whose short side still reaches the resolution.
     target = (math.ceil(w * resolution / short), math.ceil(h * resolution / short))
-    pixels = decode_image(record, min_size=target if short > resolution else None)  # BGR
+    pixels, order = decode_pixels(record, min_size=target if short > resolution else None)
     dh, dw = pixels.shape[:2]
     (y0, x0, side), (top, left) = crop_window(dh, dw, resolution, rng, random_crop)
-    image = cv2.cvtColor(_resize(pixels[y0 : y0 + side, x0 : x0 + side], resolution), cv2.COLOR_BGR2RGB)
+    image = _crop_to(pixels[y0 : y0 + side, x0 : x0 + side], order, resolution, out)
 
     source = policy.choose(rng)
     geometry = crop_geometry(h, w, (dh, dw), (y0, x0, side), resolution)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.records import BadRecord, BadSample, decode_image, parse_record, read_shard
+from data.records import BadRecord, BadSample, decode_pixels, parse_record, read_shard
 
 __all__ = ["ShardReport", "validate_shard", "validate_shards"]
 
@@ -47,7 +47,7 @@ def validate_shard(shard: str, retries: int = 0, retry_delay: float = 1.0) -> Sh
             continue
         try:
             record = parse_record(item)
-            decode_image(record, min_size=(64, 64))  # reads all the JPEG data: truncation shows
+            decode_pixels(record, min_size=(64, 64))  # reads all the JPEG data: truncation shows
         except BadSample as exc:
             note(item.key, exc.reason, exc.detail)
             continue

@@ -106,6 +106,10 @@ class DataConfig:
     bad_check_after: int = 1000  # samples seen before the ceiling is enforced
     prefetch_factor: int = 4
     pin_memory: bool = False
+    # How loader workers start: forkserver (default) forks them from a clean single-threaded server, so a
+    # worker never inherits a lock another thread of the trainer held at fork time (gloo, DeepSpeed, OpenCV's
+    # pool: a plain fork can hang the worker forever); fork is faster to start, spawn the most isolated.
+    worker_start: str = "forkserver"
     shard_retries: int = 3  # URL / pipe: shards: re-open a failed or broken stream this often before giving up
     shard_retry_delay: float = 1.0  # seconds before the first retry, doubled for each further one
 
@@ -273,6 +277,22 @@ def _worker_init(_):
     cv2.setNumThreads(1)
 
 
+WORKER_STARTS = ("forkserver", "fork", "spawn")
+# Imported once by the fork server, before it forks any worker: the workers then start in a fraction of a
+# second instead of each importing torch, OpenCV and the data package again.
+_FORKSERVER_PRELOAD = ["torch", "cv2", "numpy", "data.brushdata"]
+
+
+def _worker_context(method: str):
+    import multiprocessing
+
+    if method not in WORKER_STARTS:
+        raise ValueError(f"data.worker_start {method!r}: choose from {', '.join(WORKER_STARTS)}")
+    if method == "forkserver":
+        multiprocessing.set_forkserver_preload(_FORKSERVER_PRELOAD)  # no effect once the server runs
+    return multiprocessing.get_context(method)
+
+
 # ------------------------------------------------------------------- loader
 
 
@@ -405,6 +425,7 @@ class BrushDataLoader:
         loader = DataLoader(
             self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
             worker_init_fn=_worker_init if self.cfg.num_workers else None,
+            multiprocessing_context=_worker_context(self.cfg.worker_start) if self.cfg.num_workers else None,
             prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None,
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
         )

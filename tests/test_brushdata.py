@@ -329,3 +329,64 @@ def test_an_unreadable_shard_is_counted_not_fatal(uneven_shards, tmp_path):
     loader = BrushDataLoader(_cfg(folder, num_workers=0, max_bad_fraction=1.0))
     assert len(_real_keys(_run(loader))) == sum(UNEVEN)
     assert loader.counters["bad/unreadable_shard"] == 1
+
+
+WORKERS_AFTER_THREADS = """
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+
+from data.brushdata import BrushDataLoader, DataConfig
+
+
+def busy(stop):  # a trainer thread that takes and releases locks the whole time (as gloo, logging, W&B do)
+    while not stop.is_set():
+        sys.getsizeof([0] * 64)
+        time.sleep(0)
+
+
+def main():
+    cv2.setNumThreads(4)
+    big = np.random.default_rng(0).integers(0, 255, (3000, 3000, 3), dtype=np.uint8)
+    for _ in range(3):  # OpenCV's thread pool has run in this (the trainer's) process
+        cv2.resize(big, (1500, 1500), interpolation=cv2.INTER_CUBIC)
+    stop = threading.Event()
+    threading.Thread(target=busy, args=(stop,), daemon=True).start()
+    cfg = DataConfig(shards=[sys.argv[1]], resolution=32, batch_size=4, num_workers=2, shuffle_buffer=8, seed=3,
+                     worker_start=sys.argv[2])
+    n = 0
+    for _ in range(3):  # three epochs: three rounds of worker starts
+        n += sum(len(b["key"]) for b in BrushDataLoader(cfg))
+    stop.set()
+    print("samples", n)
+
+
+if __name__ == "__main__":  # forkserver and spawn import the main module in each worker
+    main()
+"""
+
+
+def test_workers_start_safely_in_a_threaded_process(uneven_shards, tmp_path):
+    """A plain fork copies whatever locks the trainer's other threads hold (OpenCV's pool, the interpreter's
+    own): the worker can hang forever (seen: the suite's ZeRO-3 fit, and test_masks before this file). The
+    default start, forkserver, forks from a clean single-threaded server: every epoch completes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "workers.py"
+    script.write_text(WORKERS_AFTER_THREADS)
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(script), str(uneven_shards), "forkserver"], cwd=root,
+                            env={**__import__("os").environ, "PYTHONPATH": str(root)}, capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "samples" in result.stdout and int(result.stdout.split()[-1]) >= 3 * 137 - 3 * 4 * 2 * 2
+
+
+def test_an_unknown_worker_start_is_refused(uneven_shards):
+    with pytest.raises(ValueError, match="data.worker_start 'thread'"):
+        list(BrushDataLoader(_cfg(uneven_shards, worker_start="thread")))

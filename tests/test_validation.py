@@ -33,6 +33,7 @@ BAD_SETTINGS = [
     (["data.caption_dropout=1.5"], "data.caption_dropout must be a probability in [0, 1], got 1.5"),
     (["data.max_bad_fraction=2"], "data.max_bad_fraction must be a fraction in [0, 1], got 2.0"),
     (["data.prefetch_factor=0"], "data.prefetch_factor must be an integer >= 1, got 0"),
+    (["data.worker_start=thread"], "data.worker_start must be forkserver, fork, spawn, got 'thread'"),
     (["data.shard_retries=-1"], "data.shard_retries must be an integer >= 0 (0: no retry), got -1"),
     (["data.sizes_file=/no/sizes.json"], "data.sizes_file must be null or an existing sizes.json"),
     (["data.seed=-3"], "data.seed must be an integer in 0 .. 2**32-1, got -3"),

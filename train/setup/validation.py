@@ -61,6 +61,12 @@ def number(gt: float | None = None, ge: float | None = None, le: float | None = 
         le is None or v <= le) and (lt is None or v < lt)
 
 
+def _worker_starts():
+    from data.brushdata import WORKER_STARTS
+
+    return WORKER_STARTS
+
+
 def one_of(choices) -> Callable[[Any], bool]:
     """``choices``: a collection, or a function returning one (evaluated when checked)."""
     return lambda v: v in (choices() if callable(choices) else choices)
@@ -204,6 +210,7 @@ RULES: list[Rule] = [
     Rule("data.max_bad_fraction", probability, "a fraction in [0, 1]"),
     Rule("data.bad_check_after", integer(ge=0), "an integer >= 0 (records)"),
     Rule("data.prefetch_factor", integer(ge=1), "an integer >= 1"),
+    Rule("data.worker_start", one_of(_worker_starts), lambda: ", ".join(_worker_starts())),
     Rule("data.pin_memory", flag, "true or false"),
     Rule("data.shard_retries", integer(ge=0), "an integer >= 0 (0: no retry)"),
     Rule("data.shard_retry_delay", number(ge=0), "seconds >= 0"),

@@ -137,7 +137,7 @@ def plan(py: str, work: Path, dry: bool) -> list[Case]:
     if dry:  # the compile keys, the resume into a compiled run and its export, cheaply: Dynamo on the VAE encoder
         # alone, without code generation (tests/test_compile.py traces all three parts; a CPU build takes minutes)
         compiled = ["model.compile.vae=true", "model.compile.backend=eager"]
-    sd15, sdxl = work / "base-sd15", work / "base-sdxl"
+    sd15 = work / "base-sd15"
     b8 = runs / "b8"
     return [
         fit("eager-b8", "sd15", 8, steps(30), every(5), b8, ["checkpoint.save_on_end=true"],

@@ -98,7 +98,7 @@ def test_transposed_starts_follow_the_reference_quirk_on_tall_images():
     # On a 768 x 256 (H x W) canvas the reference draws start x in [0, H) and y in [0, W): starts
     # fall right of the image and only in the top third (before the random flips).
     starts = np.array([s[0] for seed in range(300) for s in brush_strokes(768, 256, np.random.default_rng(seed))])
-    xs, ys = starts[:, 0], starts[:, 1]
+    xs = starts[:, 0]
     flipped_x = (xs > 255) | (xs < 0)
     assert flipped_x.mean() > 0.4  # two thirds of the box lies outside the image's columns (mirrored by flips)
     plain = np.array([s[0] for seed in range(300)

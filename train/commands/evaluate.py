@@ -33,7 +33,7 @@ from pathlib import Path
 from common.errors import UserError
 from common.files import write_bytes_atomic
 
-__all__ = ["add_arguments", "run", "EvaluateError", "summarize", "write_atomic"]
+__all__ = ["add_arguments", "run", "EvaluateError", "summarize"]
 
 DEFAULT_METRICS = ("psnr", "mse", "lpips", "ssim", "clip_similarity", "aesthetic", "image_reward", "hps_v21")
 

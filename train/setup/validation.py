@@ -34,7 +34,7 @@ from train.config import ConfigError
 from train.model.tiny import is_generated
 from train.schema import DTYPE_NAMES
 
-__all__ = ["Rule", "RULES", "TYPE_ONLY", "CROSS_CHECKS", "validate", "problems", "resolution_multiple", "generated"]
+__all__ = ["Rule", "RULES", "TYPE_ONLY", "CROSS_CHECKS", "validate", "problems", "resolution_multiple"]
 
 _ABSENT = object()
 

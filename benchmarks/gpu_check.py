@@ -235,6 +235,8 @@ def environment(py: str, env: dict) -> dict:
             "'cuda': torch.version.cuda, 'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}\n"
             "for m in ('lightning', 'diffusers', 'transformers', 'deepspeed'):\n"
             "    try:\n        d[m] = __import__(m).__version__\n    except Exception as e:\n        d[m] = repr(e)\n"
+            "try:\n    from data.records import jpeg_decoder\n    d['jpeg_decoder'] = jpeg_decoder()\n"
+            "except Exception as e:\n    d['jpeg_decoder'] = repr(e)\n"
             "print(json.dumps(d))")
     try:
         out = subprocess.run([py, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)

@@ -23,6 +23,7 @@ Guarantees (see the README, "Data position and resume"):
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -270,11 +271,14 @@ def pad_batch(template: dict | None, resolution: int) -> dict:
     return pad
 
 
-def _worker_init(_):
+def _worker_init(sharing_strategy: str, _worker_id: int):
     import cv2
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    # a forkserver / spawn worker does not inherit the trainer's choice (file_system avoids "too many open files")
+    if torch.multiprocessing.get_sharing_strategy() != sharing_strategy:
+        torch.multiprocessing.set_sharing_strategy(sharing_strategy)
 
 
 WORKER_STARTS = ("forkserver", "fork", "spawn")
@@ -290,6 +294,14 @@ def _worker_context(method: str):
         raise ValueError(f"data.worker_start {method!r}: choose from {', '.join(WORKER_STARTS)}")
     if method == "forkserver":
         multiprocessing.set_forkserver_preload(_FORKSERVER_PRELOAD)  # no effect once the server runs
+        try:  # the server listens on a socket under $TMPDIR: a path too long for AF_UNIX (some clusters) fails
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+        except OSError as exc:
+            log.warning("data.worker_start=forkserver: the fork server could not start (%s); the loader workers "
+                        "start with spawn instead", exc)
+            method = "spawn"
     return multiprocessing.get_context(method)
 
 
@@ -424,7 +436,8 @@ class BrushDataLoader:
         )
         loader = DataLoader(
             self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
-            worker_init_fn=_worker_init if self.cfg.num_workers else None,
+            worker_init_fn=(functools.partial(_worker_init, torch.multiprocessing.get_sharing_strategy())
+                            if self.cfg.num_workers else None),
             multiprocessing_context=_worker_context(self.cfg.worker_start) if self.cfg.num_workers else None,
             prefetch_factor=self.cfg.prefetch_factor if self.cfg.num_workers else None,
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),

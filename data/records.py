@@ -265,7 +265,10 @@ def decode_pixels(record: Record, min_size: tuple[int, int] | None = None) -> tu
 
     With simplejpeg the pixels are RGB, with OpenCV BGR; both run libjpeg-turbo
     with the same settings (accurate integer DCT, smooth chroma upsampling) and
-    give the same pixels. EXIF orientation is ignored (height/width and the
+    give the same pixels (tests/test_decode.py; an OpenCV built against IJG
+    libjpeg instead, as some conda or system builds are, scales differently:
+    the stream stays valid, but its batches are not bit-identical to those of a
+    machine with simplejpeg). EXIF orientation is ignored (height/width and the
     masks describe the stored pixels). Data that cannot be decoded completely
     (truncated, corrupt) raises :class:`BadSample` ('bad_image').
     """

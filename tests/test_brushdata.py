@@ -390,3 +390,47 @@ def test_workers_start_safely_in_a_threaded_process(uneven_shards, tmp_path):
 def test_an_unknown_worker_start_is_refused(uneven_shards):
     with pytest.raises(ValueError, match="data.worker_start 'thread'"):
         list(BrushDataLoader(_cfg(uneven_shards, worker_start="thread")))
+
+
+def test_workers_follow_the_trainers_sharing_strategy(uneven_shards, monkeypatch):
+    """A forkserver worker starts from the server's state, not the trainer's: the sharing strategy is handed over
+    in the worker's init function, which sets it there."""
+    from data import brushdata
+
+    made = []
+
+    class Recording(brushdata.DataLoader):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(brushdata, "DataLoader", Recording)
+    before, threads, cv_threads = torch.multiprocessing.get_sharing_strategy(), torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        torch.multiprocessing.set_sharing_strategy("file_system")
+        batch = next(iter(BrushDataLoader(_cfg(uneven_shards, num_workers=1))))
+        assert len(batch["key"]) == 4
+        init = made[0]["worker_init_fn"]
+        assert init.args == ("file_system",) and made[0]["multiprocessing_context"].get_start_method() == "forkserver"
+        torch.multiprocessing.set_sharing_strategy("file_descriptor")  # as a fresh worker starts
+        init(0)
+        assert torch.multiprocessing.get_sharing_strategy() == "file_system"
+    finally:
+        torch.multiprocessing.set_sharing_strategy(before)
+        torch.set_num_threads(threads)  # the init function also set this process's thread counts
+        cv2.setNumThreads(cv_threads)
+
+
+def test_a_fork_server_that_cannot_start_falls_back_to_spawn(monkeypatch, caplog):
+    from multiprocessing import forkserver
+
+    from data import brushdata
+
+    def refuse():
+        raise OSError("AF_UNIX path too long")
+
+    monkeypatch.setattr(forkserver, "ensure_running", refuse)
+    with caplog.at_level(logging.WARNING, logger="data.brushdata"):
+        ctx = brushdata._worker_context("forkserver")
+    assert ctx.get_start_method() == "spawn"
+    assert "AF_UNIX path too long" in caplog.text and "spawn instead" in caplog.text

@@ -194,6 +194,8 @@ def test_wrong_checkpoints_are_skipped_naming_what_is_wrong(tmp_path, monkeypatc
     torch.save({"visual.conv1.weight": torch.zeros(2), "bogus.key": torch.zeros(1)}, tmp_path / "hps.pt")
     torch.save({"foo": torch.zeros(1)}, tmp_path / "ir.pt")
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    real_tokenizer = im._tokenizer
+    monkeypatch.setattr(im, "_tokenizer", lambda *a: None)  # tokenizers are checked first; here the weights are
     suite = im.MetricSuite(["hps_v21", "image_reward"], im.MetricModels(
         clip=None, hps=str(tmp_path / "hps.pt"), image_reward=str(tmp_path / "ir.pt")))
     assert "unknown key(s), e.g. bogus.key" in suite.skipped["hps_v21"]
@@ -202,10 +204,11 @@ def test_wrong_checkpoints_are_skipped_naming_what_is_wrong(tmp_path, monkeypatc
     assert "could not be read" in suite.skipped["hps_v21"] and "broken.pt" in suite.skipped["hps_v21"]
     suite = im.MetricSuite(["hps_v21", "image_reward"], im.MetricModels(
         clip=None, hps=str(tmp_path / "none.pt"), image_reward=str(tmp_path)))
-    assert "none.pt do not exist" in suite.skipped["hps_v21"]
+    assert "none.pt: no such file" in suite.skipped["hps_v21"]
     assert "holds no ImageReward.pt" in suite.skipped["image_reward"]
     # weights fine, tokenizer folder empty: transformers builds a tokenizer of a few special tokens from it
     monkeypatch.setattr(rm, "HPS_V21", rm.HPS_TINY)
+    monkeypatch.setattr(im, "_tokenizer", real_tokenizer)
     torch.save(fixture("hps_tiny")[2], tmp_path / "HPS_v2.1_compressed.pt")
     (tmp_path / "empty").mkdir()
     suite = im.MetricSuite(["hps_v21"], im.MetricModels(clip=None, hps=str(tmp_path), hps_tokenizer=str(tmp_path / "empty")))
@@ -221,3 +224,18 @@ def test_tiny_reward_models_score_through_the_suite():
     c = suite.score(img[::-1].copy(), img, np.zeros((48, 64)), "a dog on the grass")
     assert a == b and set(a) == {"hps_v21", "image_reward"}
     assert -100 <= a["hps_v21"] <= 100 and a["hps_v21"] != c["hps_v21"] and a["image_reward"] != c["image_reward"]
+
+
+def test_clip_preprocessing_is_clipimageprocessors():
+    """clip_similarity / aesthetic: the pixels transformers' CLIPImageProcessor (PIL backend) gives, non-square too."""
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    from train.scoring.preprocess import OPENAI_MEAN, OPENAI_STD, clip_processor
+
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                 image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD))
+    rng = np.random.default_rng(4)
+    for shape in [(60, 80, 3), (80, 60, 3), (45, 67, 3), (32, 32, 3)]:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        theirs = torch.as_tensor(np.asarray(proc(images=img, return_tensors="np")["pixel_values"][0]))
+        torch.testing.assert_close(clip_processor(img, 32), theirs.float(), atol=2e-5, rtol=0)

@@ -400,7 +400,7 @@ def _weights_file(spec: str | None, filename: str, key: str, what: str) -> Path:
         if (path / filename).is_file():
             return path / filename
         raise Skipped(f"{key}: {spec} holds no {filename}")
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not path.suffix:  # owner/name
         try:
             from huggingface_hub import hf_hub_download
 
@@ -411,7 +411,7 @@ def _weights_file(spec: str | None, filename: str, key: str, what: str) -> Path:
         except Exception as exc:  # noqa: BLE001 - offline, not in the cache, no such repository
             raise Skipped(f"{key}: {filename} of the hub repository {spec} could not be had "
                           f"({type(exc).__name__}: {str(exc)[:120]})") from None
-    raise Skipped(f"{key}: {what} weights {spec} do not exist")
+    raise Skipped(f"{key}: {what} weights {spec}: no such file or folder (and not a hub id owner/name)")
 
 
 def _tokenizer(spec: str | None, key: str, kind: str, vocab_size: int):
@@ -519,8 +519,12 @@ class MetricSuite:
             torch.manual_seed(2)
             return rm.HpsScorer(rm.hps_model(dict(rm.HPS_TINY, text=text)), tok, self.device, self._antialias)
         path = _weights_file(m.hps, "HPS_v2.1_compressed.pt", "metric_models.hps", "HPS v2.1")
-        model = _load_published(path, rm.hps_state, rm.hps_model, "HPS v2.1")
+        try:  # before the (minutes long) weight load: what can fail cheaply fails first
+            import ftfy  # noqa: F401 - clean_caption's, as open_clip's tokenizer
+        except ImportError:
+            raise Skipped("ftfy is not installed (pip install ftfy): HPS cleans captions with it") from None
         tok = _tokenizer(m.hps_tokenizer, "metric_models.hps_tokenizer", "clip", rm.HPS_V21["text"]["vocab_size"])
+        model = _load_published(path, rm.hps_state, rm.hps_model, "HPS v2.1")
         return rm.HpsScorer(model, tok, self.device, self._antialias)
 
     def _load_image_reward(self):
@@ -538,9 +542,9 @@ class MetricSuite:
             cached = Path("~/.cache/ImageReward/ImageReward.pt").expanduser()
             spec = str(cached) if cached.is_file() else "THUDM/ImageReward"
         path = _weights_file(spec, "ImageReward.pt", "metric_models.image_reward", "ImageReward")
-        model = _load_published(path, rm.image_reward_state, rm.ImageRewardModel, "ImageReward")
         tok = _tokenizer(m.image_reward_tokenizer, "metric_models.image_reward_tokenizer", "blip",
                          rm.IMAGE_REWARD_V1["text"]["vocab_size"])
+        model = _load_published(path, rm.image_reward_state, rm.ImageRewardModel, "ImageReward")
         return rm.ImageRewardScorer(model, tok, self.device)
 
     def score(self, pred: np.ndarray, target: np.ndarray, hole: np.ndarray, caption: str) -> dict[str, float]:

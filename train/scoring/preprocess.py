@@ -3,7 +3,8 @@
 Each scorer was trained (and is published) with its own resize rule; using another moves the scores:
 
 * :func:`clip_processor` (``clip_similarity``, ``aesthetic``): CLIPImageProcessor's for the OpenAI models:
-  shortest side to ``size`` (PIL bicubic, the long side rounded), centre crop (offsets floored).
+  shortest side to ``size`` (PIL bicubic, the long side ``int(size * long / short)``), centre crop (offsets
+  floored).
 * :func:`short_side_center_crop` (``image_reward``): torchvision's ``Resize(size, BICUBIC)`` on a PIL image
   (long side ``int(size * long / short)``) then ``CenterCrop(size)`` (offsets ``round((H - size) / 2)``), as
   ImageReward's ``_transform``.
@@ -53,9 +54,8 @@ def clip_processor(img, size: int):
 
     im = _pil(img).convert("RGB")
     w, h = im.size
-    s = size / min(w, h)
-    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-    w, h = im.size
+    w, h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    im = im.resize((w, h), Image.BICUBIC)
     left, top = (w - size) // 2, (h - size) // 2
     return normalize(_to_tensor(im.crop((left, top, left + size, top + size))))
 

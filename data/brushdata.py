@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.errors import UserError
 from data.masks import MASK_SOURCES, MaskPolicy
-from data.records import BadRecord, BadSample, RawRecord, parse_record, read_shard
+from data.records import BadRecord, BadSample, RawRecord, jpeg_decoder, parse_record, read_shard
 from data.shards import (
     Segment,
     epoch_segments,
@@ -512,6 +512,7 @@ class BrushDataLoader:
             "offset": 0 if base is None else self._offset,  # batches of this epoch handed out under earlier layouts
             "base": None if base is None else [[s.shard, s.start, s.end] for s in base],
             "ranks": {int(r["rank"]): r for r in ranks},
+            "jpeg_decoder": jpeg_decoder(),  # a resume with the other one continues validly, not bit for bit
         }
 
     def restore(self, state: dict) -> None:
@@ -519,6 +520,11 @@ class BrushDataLoader:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"data state version {state.get('version')} is not {STATE_VERSION}")
         self.epoch = int(state["epoch"])
+        saved = state.get("jpeg_decoder")
+        if saved is not None and saved != jpeg_decoder():
+            log.warning("the checkpoint's stream decoded JPEGs with %s, this process with %s: the stream continues "
+                        "where it stopped, with the same pixels only where OpenCV is built on libjpeg-turbo (pip's "
+                        "wheels are)", saved, jpeg_decoder())
         if state["fingerprint"] != self.fingerprint or state["seed"] != self.cfg.seed:
             log.warning("the shard set or seed changed since the checkpoint: starting epoch %d from its beginning", self.epoch)
             self._base, self._pending, self._offset = None, None, 0

@@ -434,3 +434,24 @@ def test_a_fork_server_that_cannot_start_falls_back_to_spawn(monkeypatch, caplog
         ctx = brushdata._worker_context("forkserver")
     assert ctx.get_start_method() == "spawn"
     assert "AF_UNIX path too long" in caplog.text and "spawn instead" in caplog.text
+
+
+def test_a_resume_under_the_other_jpeg_decoder_warns_and_continues_the_same_stream(uneven_shards, monkeypatch,
+                                                                                   caplog):
+    from data import records
+
+    cfg = _cfg(uneven_shards, num_workers=0)
+    full = _run(BrushDataLoader(cfg))
+    loader = BrushDataLoader(cfg)
+    head = _run(loader, 3)
+    state = loader.position()
+    assert state["jpeg_decoder"] == records.jpeg_decoder()
+    monkeypatch.setattr(records, "_simplejpeg", None)  # this process: OpenCV's decoder
+    state["jpeg_decoder"] = "simplejpeg"
+    resumed = BrushDataLoader(cfg)
+    with caplog.at_level(logging.WARNING, logger="data.brushdata"):
+        resumed.restore(state)
+    assert "decoded JPEGs with simplejpeg, this process with opencv" in caplog.text
+    tail = _run(resumed)
+    assert [b["key"] for b in head + tail] == [b["key"] for b in full]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(head + tail, full))  # pip's OpenCV: same pixels

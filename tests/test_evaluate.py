@@ -383,7 +383,6 @@ def test_bad_input_is_one_message_without_traceback(setup, tmp_path, capsys):
     assert not (tmp_path / "out" / "branch").exists()  # refused before any work
 
 
-@pytest.mark.slow
 def test_killed_run_resumes(setup, tmp_path):
     """Kill the command once its first image is written; the rerun keeps that image and completes the table."""
     import time
@@ -437,8 +436,9 @@ def logged_metrics(out: Path) -> dict[int, dict]:
     return rows
 
 
-@pytest.mark.slow
 def test_training_logs_the_metrics_once_per_optimizer_step(tmp_path):
+    """In the default suite (about 10 s): a callback calling a renamed module method broke eval.metrics in
+    training while only slow tests ran it."""
     out = tmp_path / "run"
     result = run_fit(out, *FIT_METRICS)
     history = json.loads((out / "eval_metrics.json").read_text())

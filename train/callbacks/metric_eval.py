@@ -73,7 +73,7 @@ class InpaintMetricsEval(PeriodicEval):
         for item in items:
             masked = item.image * (item.mask < 128)[..., None]  # the reference's input: the hole blacked out
             generator = torch.Generator(device=pl_module.device).manual_seed(int(self.cfg.metric_seed))
-            with pl_module._autocast():
+            with pl_module.autocast():
                 result = pipe(masked, item.mask, item.prompt, num_inference_steps=int(self.cfg.metric_steps),
                               conditioning_scale=pl_module.model_cfg.conditioning_scale, generator=generator,
                               blend=False, output_type="np")[0]

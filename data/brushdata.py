@@ -236,10 +236,8 @@ def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
     return out
 
 
-def _collate(examples: list, meta: dict, images: torch.Tensor | None = None) -> dict:
-    """``images``: the (B, R, R, 3) uint8 tensor the examples' images were written into, if they were."""
-    if images is None:
-        images = _stack([e.image for e in examples])
+def _collate(examples: list, meta: dict, images: torch.Tensor) -> dict:
+    """``images``: the (B, R, R, 3) uint8 tensor the examples' images were written into."""
     return {
         # (B, 3, R, R) view of HWC memory: no per-sample transpose copy; the device copy is channels-last.
         "image": images.permute(0, 3, 1, 2),
@@ -287,6 +285,7 @@ WORKER_STARTS = ("forkserver", "fork", "spawn")
 _FORKSERVER_PRELOAD = ["torch", "cv2", "numpy", "data.brushdata"]
 
 
+@functools.cache  # once per method: a fork server that cannot start is tried, and reported, once per process
 def _worker_context(method: str):
     import multiprocessing
 

@@ -430,8 +430,12 @@ def test_a_fork_server_that_cannot_start_falls_back_to_spawn(monkeypatch, caplog
         raise OSError("AF_UNIX path too long")
 
     monkeypatch.setattr(forkserver, "ensure_running", refuse)
-    with caplog.at_level(logging.WARNING, logger="data.brushdata"):
-        ctx = brushdata._worker_context("forkserver")
+    brushdata._worker_context.cache_clear()  # decided once per process: decide again, with the refusing server
+    try:
+        with caplog.at_level(logging.WARNING, logger="data.brushdata"):
+            ctx = brushdata._worker_context("forkserver")
+    finally:
+        brushdata._worker_context.cache_clear()
     assert ctx.get_start_method() == "spawn"
     assert "AF_UNIX path too long" in caplog.text and "spawn instead" in caplog.text
 

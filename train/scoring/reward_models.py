@@ -89,10 +89,10 @@ def load_published(path: str | Path) -> dict:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def check_layout(ours: dict, model, name: str, ignored: tuple[str, ...] = ()):
+def check_layout(ours: dict, model, name: str):
     """:class:`LayoutError` naming the missing, unexpected and mis-shaped keys of ``ours`` against ``model``."""
     expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in ours and not any(k.endswith(i) for i in ignored))
+    missing = sorted(k for k in expected if k not in ours)
     shapes = sorted(f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
                     for k, v in ours.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape))
     unexpected = sorted(k for k in ours if k not in expected)
@@ -317,10 +317,10 @@ class HpsScorer:
 # ------------------------------------------------------------- building
 
 
-def load_into(model, state: dict, name: str, ignored: tuple[str, ...] = ()):
-    """Check ``state`` covers ``model`` with the right shapes (:class:`LayoutError` naming what is wrong), load it."""
-    check_layout(state, model, name, ignored)
-    model.load_state_dict(state, strict=False)  # strict but for the buffers check_layout allowed to be absent
+def load_into(model, state: dict, name: str):
+    """Check ``state`` is ``model``'s layout (:class:`LayoutError` naming what is wrong), load it."""
+    check_layout(state, model, name)
+    model.load_state_dict(state)
     return model
 
 

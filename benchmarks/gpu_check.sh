@@ -10,14 +10,12 @@
 #
 # Packages the machine lacks (diffusers, deepspeed, webdataset, omegaconf, ...) are installed from the wheels
 # in .whl/ (ignored by git), without network, into $WHEEL_TARGET (default /tmp/brushtrain-site). Fill it here,
-# from the project root, before the device call:
-#   bash /work/shared/tools/device-wheels.sh
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl "typing_extensions>=4.16" \
-#     simplejpeg   # pydantic 2.14 (deepspeed) needs typing_extensions; the stream decodes with simplejpeg
-#                  # (without it, OpenCV: same pixels, slower, and the data-wait figure would not be ours)
-# and run it there with the device tool: command `bash benchmarks/gpu_check.sh`, carry [".whl"], timeout 600. Environment: PY (python; default
-# .venv/bin/python if there, else python3), OUT (default runs/gpu-check), WORK (models, shards, runs).
+# before the device call, and rehearse the install and the dry run under that machine's versions if you like:
+#   bash benchmarks/device_wheels.sh
+#   bash benchmarks/device_rehearsal.sh         # optional, on this CPU (Python 3.12, torch 2.11, ...)
+# and run it there with the device tool: command `bash benchmarks/gpu_check.sh`, carry [".whl"], timeout 600.
+# Environment: PY (python; default .venv/bin/python if there, else python3), OUT (default runs/gpu-check),
+# WORK (models, shards, runs), WHEEL_TARGET.
 set -uo pipefail
 started=$(date +%s)
 cd "$(dirname "$0")/.."

@@ -387,6 +387,42 @@ def test_workers_start_safely_in_a_threaded_process(uneven_shards, tmp_path):
     assert "samples" in result.stdout and int(result.stdout.split()[-1]) >= 3 * 137 - 3 * 4 * 2 * 2
 
 
+BATCH_MEMORY_PROBE = """
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from data.brushdata import _batch_memory
+
+
+class Probe(IterableDataset):
+    def __iter__(self):
+        t = _batch_memory((2, 4, 4, 3))
+        t.fill_(7)
+        yield torch.tensor([t.is_shared(), tuple(t.shape) == (2, 4, 4, 3), bool((t == 7).all())])
+
+
+if __name__ == "__main__":
+    inside = next(iter(DataLoader(Probe(), batch_size=None, num_workers=1, multiprocessing_context="spawn")))
+    print(*[bool(v) for v in inside], _batch_memory((2, 4, 4, 3)).is_shared())
+"""
+
+
+def test_batches_are_built_in_shared_memory_inside_a_worker(tmp_path):
+    """A worker writes its batch straight into shared memory, so the queue to the trainer copies no pixels; in
+    the trainer's own process (num_workers=0) the memory stays private."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "probe.py"
+    script.write_text(BATCH_MEMORY_PROBE)
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=240,
+                            env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["True", "True", "True", "False"]
+
+
 def test_an_unknown_worker_start_is_refused(uneven_shards):
     with pytest.raises(ValueError, match="data.worker_start 'thread'"):
         list(BrushDataLoader(_cfg(uneven_shards, worker_start="thread")))

@@ -35,6 +35,12 @@ def test_dry_run_runs_every_case_and_writes_one_table(tmp_path):
     assert rows["eager-b8"]["batch"] < rows["eager-b32"]["batch"]
     assert rows["compiled-b8"]["checks"] == {"resumed eager-b8's checkpoint": True, "exported, no _orig_mod.": True}
     assert rows["eager-b8"]["checks"] == {"checkpoint saved": True}
+    # the GPU run's precision, on the CPU too: bf16-mixed (DeepSpeed's bf16 engine), frozen parts in bf16
+    from omegaconf import OmegaConf
+
+    for run in ("b8", "b32", "sdxl", "cb32"):
+        cfg = OmegaConf.load(tmp_path / "work" / "runs" / run / "config.yaml")
+        assert (cfg.trainer.precision, cfg.model.frozen_dtype) == ("bf16-mixed", "bf16"), run
     assert rows["reference-b2"]["samples_per_s"] > 0 and rows["reference-b2"]["loss_finite"]
     assert rows["max-batch"]["largest_batch"] == 2 and rows["max-batch"]["capped"]  # a CPU never runs out
     table = (out / "gpu_check.md").read_text()

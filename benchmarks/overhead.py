@@ -118,7 +118,7 @@ def bare(cfg, base_path: Path, source: TimedBatches) -> list[float]:
     prediction = cfg.model.prediction_type or scheduler.config.prediction_type
     o = cfg.optim
     params = [p for p in branch.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, fused=True)
     ema = BranchEMA(branch, cfg.ema.decay) if cfg.ema.enabled else None
     losses = []
     for step, batch in enumerate(source):

@@ -14,15 +14,17 @@ ADAM_IMPLS = ("torch", "deepspeed")
 
 
 def optimizer_choice(deepspeed_cfg=None, use_deepspeed: bool = False, on_cuda: bool = False) -> str:
-    """Which AdamW :func:`build_optimizer` makes: ``deepspeed_cpu_adam``, ``deepspeed_fused_adam``,
-    ``torch_fused`` or ``torch``.
+    """Which AdamW :func:`build_optimizer` makes: ``deepspeed_cpu_adam``, ``deepspeed_fused_adam`` or
+    ``torch_fused``.
 
     * DeepSpeed with ``offload_optimizer``: DeepSpeed's CPU Adam (the step runs on the CPU).
     * DeepSpeed on GPUs (ZeRO-1/2/3): ``torch.optim.AdamW(fused=True)``, one multi-tensor CUDA
       kernel that ships with PyTorch, so no CUDA compiler is needed; ``deepspeed.adam=deepspeed``
       picks DeepSpeed's ``FusedAdam`` instead, which builds its kernel with ``nvcc`` at the first
       step (and fails on machines without a CUDA toolkit).
-    * Otherwise ``torch.optim.AdamW``, fused on CUDA.
+    * Otherwise ``torch.optim.AdamW(fused=True)`` as well, on CPUs too: PyTorch ships fused AdamW kernels
+      for both, so the CPU runs (the tests, the GPU check's dry run) step through the same optimizer, under
+      DeepSpeed and fp16 scaling included, as a GPU run does.
     """
     impl = getattr(deepspeed_cfg, "adam", "torch") if deepspeed_cfg is not None else "torch"
     if impl not in ADAM_IMPLS:
@@ -31,7 +33,7 @@ def optimizer_choice(deepspeed_cfg=None, use_deepspeed: bool = False, on_cuda: b
         return "deepspeed_cpu_adam"
     if use_deepspeed and on_cuda and impl == "deepspeed":
         return "deepspeed_fused_adam"
-    return "torch_fused" if on_cuda else "torch"
+    return "torch_fused"
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg, deepspeed_cfg=None, use_deepspeed: bool = False,
@@ -48,7 +50,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg, deepspeed_cfg=Non
         from deepspeed.ops.adam import FusedAdam
 
         return FusedAdam(params, adam_w_mode=True, **kwargs)
-    return torch.optim.AdamW(params, fused=True if choice == "torch_fused" else None, **kwargs)
+    return torch.optim.AdamW(params, fused=True, **kwargs)
 
 
 def lr_at(step: int, cfg, max_steps: int) -> float:

@@ -96,7 +96,9 @@ def test_ddp_two_processes_resume_is_exact(tmp_path):
 
 # ZeRO-2 is slow-only for CI time: its resume is covered by the compiled/eager chain and accumulation (slow) tests.
 @pytest.mark.parametrize("stage", [1, pytest.param(2, marks=pytest.mark.slow), 3])
-def test_deepspeed_zero_on_cpu_trains_resumes_and_exports(tmp_path, stage):
+def test_deepspeed_zero_on_cpu_trains_resumes_and_exports(tmp_path, stage, monkeypatch):
+    # DeepSpeed's shared-memory all-reduce is not compiled for CPU runs (gloo sums instead)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_extensions"))
     common = ["trainer.devices=2", "trainer.strategy=deepspeed", "deepspeed.allow_cpu=true", f"deepspeed.stage={stage}",
               "checkpoint.every_n_steps=4", "trainer.log_every_n_steps=1", "eval.at_start=false", "eval.at_end=false",
               "trainer.accumulate_grad_batches=2", *SMALL]  # DeepSpeed's gradient_accumulation_steps
@@ -117,6 +119,7 @@ def test_deepspeed_zero_on_cpu_trains_resumes_and_exports(tmp_path, stage):
     assert any(torch.count_nonzero(v) for k, v in trained.items() if k.startswith("brushnet_")), "zero convs trained"
     base = load_file(str(split / "base-tiny-sd15" / "unet" / WEIGHTS))  # the tied bias is saved and never trained
     assert torch.equal(trained["conv_in_condition.bias"], base["conv_in.bias"])
+    assert not (tmp_path / "torch_extensions").exists(), "no DeepSpeed op was built"
 
 
 @pytest.mark.parametrize("strategy", [[], pytest.param(["trainer.strategy=deepspeed", "deepspeed.allow_cpu=true",

@@ -53,6 +53,7 @@ class CPUDeepSpeedStrategy(BrushDeepSpeedStrategy):
 
         reset_seed()
         self.set_world_ranks()
+        _gloo_all_reduce_only()
         self._init_deepspeed_distributed()
 
     def _get_process_group_backend(self) -> str:
@@ -67,6 +68,20 @@ class CPUDeepSpeedStrategy(BrushDeepSpeedStrategy):
             optimizer=optimizer, lr_scheduler=lr_scheduler, dist_init_required=False,
         )
         return engine, ds_optimizer
+
+
+def _gloo_all_reduce_only() -> None:
+    """Keep DeepSpeed on CPU from building its shared-memory all-reduce: its process group would compile that
+    C++ op with g++ the first time it starts on a machine (48 s on 2 cores, once per clean CI machine, every
+    rank waiting), and its bf16/fp16 kernels need AVX-512 (without it the op faults and the peers hang on its
+    flags). Gloo's all-reduce does the same sums for these CPU runs. DeepSpeed reads the op's compatibility from
+    one module-level dict at process-group start; a ``False`` there makes it fall back to torch.distributed."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")  # as deepspeed.comm looks it up
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def deepspeed_config(ds, batch_size: int, grad_clip: float) -> dict:

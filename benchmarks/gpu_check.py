@@ -229,6 +229,33 @@ def table(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The two ceilings the MFU column is read against (the device notes measured 769-798 TFLOP/s for this product
+# on an H200 whose datasheet says 989): a bf16 8192^3 matrix product and a device-to-device copy, each the median
+# of 10 timed runs after 3 warm-ups, on random data. On the CPU (dry run) a 256^3 product keeps the code running.
+_CEILINGS = (
+    "try:\n"
+    "    import statistics, time\n"
+    "    cuda = torch.cuda.is_available()\n"
+    "    dev, n = ('cuda', 8192) if cuda else ('cpu', 256)\n"
+    "    g = torch.Generator(dev).manual_seed(0)\n"
+    "    a, b = (torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(2))\n"
+    "    x = torch.randn(1 << 28 if cuda else 1 << 20, device=dev, generator=g); y = torch.empty_like(x)\n"
+    "    def timed(fn):\n"
+    "        ts = []\n"
+    "        for i in range(13):\n"
+    "            if cuda: torch.cuda.synchronize()\n"
+    "            t = time.perf_counter(); fn()\n"
+    "            if cuda: torch.cuda.synchronize()\n"
+    "            ts.append(time.perf_counter() - t)\n"
+    "        return statistics.median(ts[3:])\n"
+    "    d['matmul_bf16_tflops'] = round(2 * n ** 3 / timed(lambda: a @ b) / 1e12, 1)\n"
+    "    d['copy_tb_s'] = round(2 * x.numel() * x.element_size() / timed(lambda: y.copy_(x)) / 1e12, 2)\n"
+    "    del a, b, x, y\n"
+    "except Exception as e:\n"
+    "    d['ceilings'] = repr(e)\n"
+)
+
+
 def environment(py: str, env: dict) -> dict:
     code = ("import json, platform, torch; d = {'python': platform.python_version(), 'torch': torch.__version__, "
             "'cuda': torch.version.cuda, 'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}\n"
@@ -236,6 +263,7 @@ def environment(py: str, env: dict) -> dict:
             "    try:\n        d[m] = __import__(m).__version__\n    except Exception as e:\n        d[m] = repr(e)\n"
             "try:\n    from data.records import jpeg_decoder\n    d['jpeg_decoder'] = jpeg_decoder()\n"
             "except Exception as e:\n    d['jpeg_decoder'] = repr(e)\n"
+            + _CEILINGS +
             "print(json.dumps(d))")
     try:
         out = subprocess.run([py, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)

@@ -16,7 +16,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-/tmp/brushtrain-device-venv}
 out=${OUT:-runs/device-rehearsal}
-py312=${PYTHON312:-$(command -v python3.12 || ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python 2>/dev/null | tail -1 || true)}
+py312=${PYTHON312:-}
+if [ -z "$py312" ]; then  # the first that runs as 3.12 (a pyenv shim on PATH may not: its version is not selected)
+  for candidate in $(command -v python3.12 || true) $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python 2>/dev/null); do
+    if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then py312=$candidate; break; fi
+  done
+fi
 if ! ls .whl/*.whl >/dev/null 2>&1; then
   echo "device_rehearsal: no wheels in .whl/ (run bash benchmarks/device_wheels.sh first)" >&2
   exit 2

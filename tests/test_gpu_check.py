@@ -28,7 +28,7 @@ def test_dry_run_runs_every_case_and_writes_one_table(tmp_path):
     rows = {row["case"]: row for row in report["cases"]}
     assert list(rows) == CASES
     ceilings = report["environment"]  # the measured matmul and copy rates the MFU column is read against
-    assert ceilings["matmul_bf16_tflops"] > 0 and ceilings["copy_tb_s"] > 0, ceilings
+    assert ceilings["matmul_bf16_tflops"] > 0 and ceilings["copy_read_plus_write_tb_s"] > 0, ceilings
     log = (out / "gpu_check.log").read_text()
     assert all(row["status"] == "ok" for row in rows.values()), {k: r["status"] for k, r in rows.items()} and log[-4000:]
     for name in ("eager-b8", "eager-b32", "sdxl-b2", "compiled-b8", "compiled-b32"):

@@ -72,3 +72,23 @@ def test_bad_speed_settings_are_refused_before_any_work(tmp_path, capsys, overri
     err = capsys.readouterr().err
     assert code == 2 and "config error" in err and message in err, err
     assert not any(tmp_path.iterdir()), "nothing was written"
+
+
+def test_state_from_a_non_fused_adamw_loads_into_the_fused_one_and_steps_under_a_grad_scaler():
+    # CPU checkpoints written before CPU runs were fused hold fused=None in their param groups
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    old = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    net(torch.randn(5, 4)).pow(2).mean().backward()
+    old.step()
+    opt = build_optimizer(net.parameters(), OptimConfig(lr=1e-2), DeepSpeedConfig(), use_deepspeed=False, on_cuda=False)
+    opt.load_state_dict(old.state_dict())
+    assert opt.param_groups[0]["fused"] is True and opt.state[net.weight]["step"] == 1
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before = net.weight.detach().clone()
+    opt.zero_grad()
+    scaler.scale(net(torch.randn(5, 4)).pow(2).mean()).backward()
+    scaler.unscale_(opt)  # as the module does before clipping
+    scaler.step(opt)  # without the hook: "Expected grad_scale and found_inf to be None" (non-fused step)
+    scaler.update()
+    assert not torch.equal(before, net.weight) and opt.state[net.weight]["step"] == 2

@@ -50,7 +50,17 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg, deepspeed_cfg=Non
         from deepspeed.ops.adam import FusedAdam
 
         return FusedAdam(params, adam_w_mode=True, **kwargs)
-    return torch.optim.AdamW(params, fused=True, **kwargs)
+    opt = torch.optim.AdamW(params, fused=True, **kwargs)
+    opt.register_load_state_dict_post_hook(_stay_fused)
+    return opt
+
+
+def _stay_fused(optimizer: torch.optim.Optimizer) -> None:
+    """``load_state_dict`` takes the param groups' flags from the checkpoint: state saved by a non-fused AdamW
+    (CPU runs before they were fused) would make this one step unfused while it still tells a GradScaler it
+    handles the scaling itself (the step then fails). The optimizer stays what it was built as."""
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, None
 
 
 def lr_at(step: int, cfg, max_steps: int) -> float:

@@ -23,10 +23,12 @@ Guarantees (see the README, "Data position and resume"):
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import logging
 import math
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
@@ -282,9 +284,31 @@ def pad_batch(template: dict | None, resolution: int) -> dict:
     return pad
 
 
+# The job's stop and requeue signals. SLURM delivers them (scancel, scancel --signal, the --signal=USR1@T warning)
+# to every process of a job step: the loader workers, their fork server and multiprocessing's resource tracker too.
+# Their default action ends those processes; the trainer then finds a worker gone while it hands over a batch
+# (ConnectionRefusedError in rebuild_storage_fd) and dies instead of saving and requeueing, and a restarted resource
+# tracker prints a KeyError traceback per semaphore. Only the trainer acts on them; the helpers end with it
+# (PyTorch's worker watchdog, the fork server's and tracker's pipes to the trainer) or at SLURM's SIGKILL.
+_JOB_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@contextlib.contextmanager
+def _job_signals_blocked():
+    """Block the job signals in this thread while helper processes start from it: they inherit the mask (across
+    fork and exec), so they never act on them; here the signals stay pending and arrive at the end, none lost."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _JOB_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _worker_init(sharing_strategy: str, _worker_id: int):
     import cv2
 
+    for signum in _JOB_SIGNALS:  # for workers started by fork or spawn too (a forkserver's are born blocking them)
+        signal.signal(signum, signal.SIG_IGN)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     # a forkserver / spawn worker does not inherit the trainer's choice (file_system avoids "too many open files")
@@ -302,14 +326,21 @@ _FORKSERVER_PRELOAD = ["torch", "cv2", "numpy", "data.brushdata"]
 def _worker_context(method: str):
     import multiprocessing
 
+    from multiprocessing import resource_tracker
+
     if method not in WORKER_STARTS:
         raise ValueError(f"data.worker_start {method!r}: choose from {', '.join(WORKER_STARTS)}")
+    # The loader's queues register their semaphores with the tracker: start it blocking the job signals, in a
+    # section of its own (starting it unblocks SIGTERM again in this thread; it ignores that one itself).
+    with _job_signals_blocked():
+        resource_tracker.ensure_running()
     if method == "forkserver":
         multiprocessing.set_forkserver_preload(_FORKSERVER_PRELOAD)  # no effect once the server runs
         try:  # the server listens on a socket under $TMPDIR: a path too long for AF_UNIX (some clusters) fails
             from multiprocessing import forkserver
 
-            forkserver.ensure_running()
+            with _job_signals_blocked():  # the server and every worker forked from it
+                forkserver.ensure_running()
         except OSError as exc:
             log.warning("data.worker_start=forkserver: the fork server could not start (%s); the loader workers "
                         "start with spawn instead", exc)
@@ -456,7 +487,9 @@ class BrushDataLoader:
         )
         self._snapshot()
         template = None
-        for item in loader:
+        with _job_signals_blocked():  # the workers it starts (by fork or spawn) are born blocking the job signals
+            batches = iter(loader)
+        for item in batches:
             meta = item.pop("__meta__")
             slot = meta["slot"]
             state = self.progress["slots"].setdefault(slot, {"emitted": 0, "read": 0})

@@ -387,6 +387,56 @@ def test_workers_start_safely_in_a_threaded_process(uneven_shards, tmp_path):
     assert "samples" in result.stdout and int(result.stdout.split()[-1]) >= 3 * 137 - 3 * 4 * 2 * 2
 
 
+WORKERS_UNDER_JOB_SIGNALS = """
+import os
+import signal
+import sys
+
+from data.brushdata import BrushDataLoader, DataConfig
+
+got = []
+
+
+def main():
+    for signum in (signal.SIGUSR1, signal.SIGTERM):  # the trainer's own handlers (train.engine.signals)
+        signal.signal(signum, lambda s, _frame: got.append(s))
+    cfg = DataConfig(shards=[sys.argv[1]], resolution=32, batch_size=4, num_workers=2, shuffle_buffer=8, seed=3,
+                     worker_start=sys.argv[2])
+    n = 0
+    for i, batch in enumerate(BrushDataLoader(cfg)):
+        n += len(batch["key"])
+        if i == 3:  # as SLURM sends them: to every process of the job step (here: this process group)
+            os.killpg(0, signal.SIGUSR1)
+            os.killpg(0, signal.SIGTERM)
+    print("signals", sorted(got) == sorted([signal.SIGUSR1, signal.SIGTERM]), "samples", n)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("start", ["forkserver", "spawn"])
+def test_loader_workers_outlive_the_job_signals_the_trainer_acts_on(uneven_shards, tmp_path, start):
+    """SLURM's requeue warning (SIGUSR1) and scancel's SIGTERM reach every process of the step. The workers, the
+    fork server and the resource tracker must not die of them (the trainer then failed fetching a batch from a
+    dead worker, or a restarted tracker printed tracebacks): the epoch completes and only the trainer saw them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "signals.py"
+    script.write_text(WORKERS_UNDER_JOB_SIGNALS)
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(script), str(uneven_shards), start], cwd=root, capture_output=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(root)}, text=True, timeout=240,
+                            start_new_session=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    words = result.stdout.split()
+    assert words[:2] == ["signals", "True"] and int(words[-1]) >= 137 - 4 * 2 * 2, result.stdout
+
+
 BATCH_MEMORY_PROBE = """
 import torch
 from torch.utils.data import DataLoader, IterableDataset

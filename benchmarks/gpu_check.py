@@ -232,7 +232,8 @@ def table(rows: list[dict], header: str) -> str:
 # The two ceilings the MFU column is read against (the device notes measured 769-798 TFLOP/s for this product
 # on an H200 whose datasheet says 989): a bf16 8192^3 matrix product and a device-to-device copy (bytes read plus
 # written, as the device notes count them), each the median of 20 timed runs after 15 warm-ups (the clocks ramp
-# up from idle), on random data; 4 significant figures (a CPU without bf16 units gives a few GFLOP/s). On the CPU (dry run) a 256^3 product keeps the code running.
+# up from idle), on random data; 4 significant figures (a CPU without bf16 units gives a few GFLOP/s). On the
+# CPU (dry run) a 256^3 product keeps the code running.
 _CEILINGS = (
     "try:\n"
     "    import statistics, time\n"

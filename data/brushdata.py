@@ -307,7 +307,9 @@ def _job_signals_blocked():
 def _worker_init(sharing_strategy: str, _worker_id: int):
     import cv2
 
-    for signum in _JOB_SIGNALS:  # for workers started by fork or spawn too (a forkserver's are born blocking them)
+    # Every worker is born blocking them; ignoring them too keeps that when the mask was lost on the way (a
+    # resource tracker restarted while workers start unblocks SIGTERM in the starting thread).
+    for signum in _JOB_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

@@ -283,6 +283,9 @@ def environment(py: str, env: dict) -> dict:
             "    try:\n        d[m] = __import__(m).__version__\n    except Exception as e:\n        d[m] = repr(e)\n"
             "try:\n    from data.records import jpeg_decoder\n    d['jpeg_decoder'] = jpeg_decoder()\n"
             "except Exception as e:\n    d['jpeg_decoder'] = repr(e)\n"
+            # the loader workers hand batches over in /dev/shm: a small one fails them ('No space left on device')
+            "try:\n    import shutil\n    d['dev_shm_free_gib'] = round(shutil.disk_usage('/dev/shm').free / 2**30, 1)\n"
+            "except Exception as e:\n    d['dev_shm_free_gib'] = repr(e)\n"
             + _CEILINGS +
             "print(json.dumps(d))")
     try:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -392,6 +393,10 @@ def main() -> int:
                                + (work / "logs" / f"prepare-{case.waits_for}.log").read_text()[-4000:])
                 return {**row, "status": f"not run: preparing {case.waits_for} failed (exit {proc.returncode})",
                         "wall_s": 0}
+        if case.kind == "fit" and case.after is None and case.run_dir is not None and case.run_dir.exists():
+            # A rerun on a machine that kept WORK (bases and shards are reused) measures afresh: eager-b8 would
+            # find its finished checkpoint, train nothing, and report the figures of the run logged last there.
+            shutil.rmtree(case.run_dir)
         status, seconds, text = launch(case.name, case.argv, limit)
         row.update(status=status, wall_s=round(seconds, 1))
         try:

@@ -81,3 +81,19 @@ def test_a_check_that_raises_is_a_failed_check_not_the_end_of_the_run(tmp_path):
     assert raised
     assert gpu_check._passes(check, "") is False
     assert gpu_check._passes(lambda log: "resuming from" in log, "brushtrain fit: resuming from x") is True
+
+
+def test_a_rerun_on_the_same_work_folder_measures_again(tmp_path):
+    """The device machine keeps WORK while it stays warm: a second `gpu_check.sh` reuses the bases and shards,
+    but eager-b8 must train again rather than find its finished checkpoint, train nothing ('nothing to do')
+    and report the figures of whatever was logged last in its folder."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"), "PY": sys.executable}
+    for attempt in range(2):
+        result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", "--only", "eager-b8"], cwd=ROOT,
+                                env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        row = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["cases"][-1]
+        log = (tmp_path / "work" / "logs" / "eager-b8.log").read_text()
+        assert row["case"] == "eager-b8" and row["status"] == "ok", (attempt, row, log[-2000:])
+        assert "nothing to do" not in log and "starting fresh" in log, (attempt, log[-2000:])
+        assert row["windows"] >= 1 and row["checks"] == {"checkpoint saved": True}, (attempt, row)

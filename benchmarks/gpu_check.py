@@ -239,6 +239,7 @@ def table(rows: list[dict], header: str) -> str:
                                                      and r["case"].startswith(("eager", "compiled"))) else None
         batch = r.get("largest_batch", r.get("batch"))
         status = r["status"] + (f" ({r['oom_in']} OOM at {r['first_oom_batch']})" if r.get("first_oom_batch") else "")
+        status += f" (stopped at {r['error_batch']}: {r['error']})" if r.get("error_batch") else ""
         checks = "; ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in r.get("checks", {}).items())
         lines.append("| " + " | ".join([
             r["case"], r["what"], status, fmt(batch), fmt(per_gpu, ".1f"), fmt(ratio, ".2f"),

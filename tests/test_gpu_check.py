@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -97,3 +99,35 @@ def test_a_rerun_on_the_same_work_folder_measures_again(tmp_path):
         assert row["case"] == "eager-b8" and row["status"] == "ok", (attempt, row, log[-2000:])
         assert "nothing to do" not in log and "starting fresh" in log, (attempt, log[-2000:])
         assert row["windows"] >= 1 and row["checks"] == {"checkpoint saved": True}, (attempt, row)
+
+
+def test_max_batch_reports_what_it_found_when_a_larger_batch_fails_otherwise(tmp_path, monkeypatch, capsys):
+    """On the GPU a batch far above the first ones can fail with an error that is not out-of-memory (a kernel's
+    limit past 2^31 elements, a cuDNN status): the search stops there and still prints its JSON with the largest
+    batch that ran, instead of the case ending with no figure. A failure of the smallest batch stays an error."""
+    import max_batch
+
+    from train.engine.module import BrushNetModule
+    from train.model.tiny import write_tiny_base
+
+    base = write_tiny_base(tmp_path / "base", "sd15")
+    real = BrushNetModule.compute_loss
+
+    def compute_loss(self, batch):
+        if len(batch["caption"]) >= 4:
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if ...")
+        return real(self, batch)
+
+    monkeypatch.setattr(BrushNetModule, "compute_loss", compute_loss)
+    argv = ["max_batch.py", "--base", str(base), "--resolution", "64", "--start", "1", "--max", "16", "--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", argv)
+    max_batch.main()
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["largest_batch"] == 2 and result["error_batch"] == 4 and "CUDNN_STATUS" in result["error"], result
+    assert not result["capped"] and [t["batch"] for t in result["tried"]] == [1, 2, 4], result
+    row = {"case": "max-batch", "what": "x", "status": "ok", **result}
+    assert "(stopped at 4: RuntimeError: cuDNN error" in gpu_check.table([row], "# t")
+
+    monkeypatch.setattr(sys, "argv", argv[:6] + ["4"] + argv[7:])  # --start 4: the first batch fails
+    with pytest.raises(RuntimeError, match="CUDNN_STATUS"):
+        max_batch.main()

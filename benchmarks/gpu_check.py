@@ -151,8 +151,8 @@ def plan(py: str, work: Path, dry: bool) -> list[Case]:
              [py, "benchmarks/reference_loop.py", "--base", str(sd15), "--shards", shard_spec(work, "sd15", dry),
               "--resolution", str(_resolution("sd15", dry)), "--batch", "2", "--steps", "2" if dry else "30",
               "--warmup", "1" if dry else "5"], 40, kind="json", batch=2),
-        fit("sdxl-b2", "sdxl", 2, steps(15), every(3), runs / "sdxl", [], "SDXL 1024 px ZeRO-2 bf16, 4 micro-batches/step", 75,
-            waits_for="sdxl"),
+        fit("sdxl-b2", "sdxl", 2, steps(15), every(3), runs / "sdxl", [], "SDXL 1024 px ZeRO-2 bf16, 4 micro-batches/step",
+            75, waits_for="sdxl"),
         Case("max-batch", "largest batch with gradient checkpointing (our step, fused AdamW, bf16)",
              [py, "benchmarks/max_batch.py", "--base", str(sd15), "--resolution", str(_resolution("sd15", dry)),
               "--start", "1" if dry else "32", "--max", "2" if dry else "2048", "--time-limit", "30" if dry else "40"],
@@ -286,7 +286,8 @@ def environment(py: str, env: dict) -> dict:
             "try:\n    from data.records import jpeg_decoder\n    d['jpeg_decoder'] = jpeg_decoder()\n"
             "except Exception as e:\n    d['jpeg_decoder'] = repr(e)\n"
             # the loader workers hand batches over in /dev/shm: a small one fails them ('No space left on device')
-            "try:\n    import shutil\n    d['dev_shm_free_gib'] = round(shutil.disk_usage('/dev/shm').free / 2**30, 1)\n"
+            "try:\n    import shutil\n"
+            "    d['dev_shm_free_gib'] = round(shutil.disk_usage('/dev/shm').free / 2**30, 1)\n"
             "except Exception as e:\n    d['dev_shm_free_gib'] = repr(e)\n"
             + _CEILINGS +
             "print(json.dumps(d))")

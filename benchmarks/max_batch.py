@@ -104,7 +104,8 @@ def main() -> None:
                 # Another error at a size above one that ran (a kernel's size limit past 2^31 elements, a cuDNN
                 # status): the search stops there, and says so, with what it found so far. A CUDA error may
                 # leave the context unusable, so nothing else runs on the device.
-                error = {"batch": batch, "error": f"{type(exc).__name__}: {(str(exc).strip() or '-').splitlines()[0][:300]}"}
+                first_line = (str(exc).strip() or "-").splitlines()[0][:300]
+                error = {"batch": batch, "error": f"{type(exc).__name__}: {first_line}"}
                 tried.append(dict(error))
                 return False
             where = "vae_encode" if "vae_encode" in "".join(traceback.format_tb(exc.__traceback__)) else "train_step"

@@ -10,7 +10,8 @@ nothing; DeepSpeed's bf16 copies add about 2 bytes per branch parameter, 1.2 GB 
   python benchmarks/max_batch.py --base runs/base-sd15 --resolution 512
 
 Last line: JSON with largest_batch, its peak memory and step time, the first batch that did not fit and where
-it ran out (``vae_encode`` or ``train_step``).
+it ran out (``vae_encode`` or ``train_step``); an error other than out-of-memory above a batch that ran ends the
+search there (``error_batch``, ``error``) and the JSON still comes out.
 """
 
 from __future__ import annotations
@@ -86,19 +87,27 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize(device)
-        return {"batch": batch, "step_s": round(time.perf_counter() - start, 3), "loss": float(loss),
+        return {"batch": batch, "step_s": round(time.perf_counter() - start, 3), "loss": float(loss.detach()),
                 "peak_allocated_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if cuda else None}
 
-    tried, best, first_oom, oom_in = [], None, None, None
+    tried, best, first_oom, oom_in, error = [], None, None, None, None
 
     def run(batch: int) -> bool:
-        nonlocal best, first_oom, oom_in
+        nonlocal best, first_oom, oom_in, error
         where = None
         try:
             result = attempt(batch, len(tried))
         except Exception as exc:  # noqa: BLE001 - out-of-memory is the answer we look for
             if not is_oom(exc):
-                raise
+                if best is None:
+                    raise  # the smallest batch fails: a bug, not a limit
+                # Another error at a size above one that ran (a kernel's size limit past 2^31 elements, a cuDNN
+                # status): the search stops there, and says so, with what it found so far. A CUDA error may
+                # leave the context unusable, so nothing else runs on the device.
+                first_line = (str(exc).strip() or "-").splitlines()[0][:300]
+                error = {"batch": batch, "error": f"{type(exc).__name__}: {first_line}"}
+                tried.append(dict(error))
+                return False
             where = "vae_encode" if "vae_encode" in "".join(traceback.format_tb(exc.__traceback__)) else "train_step"
         if where is not None:  # outside the except block: the traceback's tensors are free now
             tried.append({"batch": batch, "oom": where})
@@ -115,7 +124,7 @@ def main() -> None:
         return True
 
     def time_left() -> bool:
-        return time.monotonic() - started < args.time_limit
+        return error is None and time.monotonic() - started < args.time_limit
 
     batch = args.start
     while batch <= args.max and time_left() and run(batch):
@@ -133,7 +142,8 @@ def main() -> None:
         "peak_allocated_gib": best["peak_allocated_gib"] if best else None,
         "step_s": best["step_s"] if best else None,
         "samples_per_s": round(best["batch"] / best["step_s"], 2) if best else None,
-        "first_oom_batch": first_oom, "oom_in": oom_in, "capped": first_oom is None,
+        "first_oom_batch": first_oom, "oom_in": oom_in, "capped": first_oom is None and error is None,
+        "error_batch": error and error["batch"], "error": error and error["error"],
         "tried": tried, "search_s": round(time.monotonic() - started, 1),
     }
     print(json.dumps(result))

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -63,3 +65,69 @@ def test_a_failing_and_an_overrunning_case_are_reported(tmp_path):
     table = gpu_check.table(rows, "# t")
     assert "| eager-b8 | x | failed (exit 3) | 8 | - |" in table
     assert "| eager-b32 | z | ok | 32 | 25.0 | 2.50 | 40.0% |" in table
+
+
+def test_a_check_that_raises_is_a_failed_check_not_the_end_of_the_run(tmp_path):
+    """A case killed while writing its export leaves a half-written file; reading it raises, and that must be a
+    "NO" in the table, not an exception that ends gpu_check.py before the remaining cases and the table."""
+    folder = tmp_path / "brushnet"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    check = lambda log: gpu_check._export_ok(folder)  # noqa: E731 - as plan() writes its checks
+    try:
+        check("")
+        raised = False
+    except Exception:  # noqa: BLE001
+        raised = True
+    assert raised
+    assert gpu_check._passes(check, "") is False
+    assert gpu_check._passes(lambda log: "resuming from" in log, "brushtrain fit: resuming from x") is True
+
+
+def test_a_rerun_on_the_same_work_folder_measures_again(tmp_path):
+    """The device machine keeps WORK while it stays warm: a second `gpu_check.sh` reuses the bases and shards,
+    but eager-b8 must train again rather than find its finished checkpoint, train nothing ('nothing to do')
+    and report the figures of whatever was logged last in its folder."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"), "PY": sys.executable}
+    for attempt in range(2):
+        result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", "--only", "eager-b8"], cwd=ROOT,
+                                env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        row = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["cases"][-1]
+        log = (tmp_path / "work" / "logs" / "eager-b8.log").read_text()
+        assert row["case"] == "eager-b8" and row["status"] == "ok", (attempt, row, log[-2000:])
+        assert "nothing to do" not in log and "starting fresh" in log, (attempt, log[-2000:])
+        assert row["windows"] >= 1 and row["checks"] == {"checkpoint saved": True}, (attempt, row)
+
+
+def test_max_batch_reports_what_it_found_when_a_larger_batch_fails_otherwise(tmp_path, monkeypatch, capsys):
+    """On the GPU a batch far above the first ones can fail with an error that is not out-of-memory (a kernel's
+    limit past 2^31 elements, a cuDNN status): the search stops there and still prints its JSON with the largest
+    batch that ran, instead of the case ending with no figure. A failure of the smallest batch stays an error."""
+    import max_batch
+
+    from train.engine.module import BrushNetModule
+    from train.model.tiny import write_tiny_base
+
+    base = write_tiny_base(tmp_path / "base", "sd15")
+    real = BrushNetModule.compute_loss
+
+    def compute_loss(self, batch):
+        if len(batch["caption"]) >= 4:
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if ...")
+        return real(self, batch)
+
+    monkeypatch.setattr(BrushNetModule, "compute_loss", compute_loss)
+    argv = ["max_batch.py", "--base", str(base), "--resolution", "64", "--start", "1", "--max", "16", "--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", argv)
+    max_batch.main()
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["largest_batch"] == 2 and result["error_batch"] == 4 and "CUDNN_STATUS" in result["error"], result
+    assert not result["capped"] and [t["batch"] for t in result["tried"]] == [1, 2, 4], result
+    row = {"case": "max-batch", "what": "x", "status": "ok", **result}
+    assert "(stopped at 4: RuntimeError: cuDNN error" in gpu_check.table([row], "# t")
+
+    monkeypatch.setattr(sys, "argv", argv[:6] + ["4"] + argv[7:])  # --start 4: the first batch fails
+    with pytest.raises(RuntimeError, match="CUDNN_STATUS"):
+        max_batch.main()

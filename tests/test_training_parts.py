@@ -50,6 +50,21 @@ def test_min_snr_weights():
     torch.testing.assert_close(wv, torch.minimum(s, torch.tensor(5.0)) / (s + 1))
 
 
+def test_sdxl_time_ids_stay_on_the_batch_device():
+    """The training step hands sdxl_time_ids the batch's sizes, which Lightning has moved to the GPU, and the
+    target size as a plain pair: the rows must be built on the batch's device (a CPU part made torch.cat fail
+    with 'Expected all tensors to be on the same device' at the first SDXL step on a GPU). 'meta' stands in
+    for the GPU here."""
+    from train.model.components import sdxl_time_ids
+
+    sizes, crops = torch.tensor([[1024, 1280], [900, 1100]]), torch.tensor([[0, 128], [7, 0]])
+    ids = sdxl_time_ids(sizes, crops, (1024, 1024))
+    assert ids.tolist() == [[1024, 1280, 0, 128, 1024, 1024], [900, 1100, 7, 0, 1024, 1024]]
+    on_device = sdxl_time_ids(sizes.to("meta"), crops.to("meta"), (1024, 1024))
+    assert on_device.device.type == "meta" and on_device.shape == (2, 6) and on_device.dtype == torch.long
+    assert sdxl_time_ids((64, 64), (0, 0), (64, 64)).tolist() == [[64, 64, 0, 0, 64, 64]]  # the pipeline's call
+
+
 def test_losses():
     pred, target = torch.zeros(2, 4, 2, 2), torch.ones(2, 4, 2, 2)
     target[1] = 3

@@ -47,6 +47,18 @@ def test_wandb_offline_run_holds_metrics_images_and_config_and_resumes_the_same_
     assert (out / "wandb_run_id").read_text().strip() == run_id
 
 
+def test_csv_metrics_are_on_disk_as_soon_as_they_are_logged(tmp_path):
+    """A run killed outright (benchmarks/gpu_check.py SIGKILLs a case at its time limit) keeps the figures it
+    logged: Lightning's CSVLogger would hold 100 steps' rows in memory until the run ends."""
+    from train.callbacks.loggers import build_loggers
+
+    (csv,) = build_loggers(SimpleNamespace(logging=SimpleNamespace(logger="csv")), tmp_path, {}, True)
+    csv.log_metrics({"throughput/samples_per_s": 12.5}, step=5)
+    csv.log_metrics({"throughput/samples_per_s": 13.0}, step=10)
+    rows = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text().splitlines()  # no finalize, no save
+    assert rows[1:] == ["5,12.5", "10,13.0"] and rows[0] == "step,throughput/samples_per_s", rows
+
+
 class _Clock:
     def __init__(self):
         self.t = 100.0

@@ -50,7 +50,11 @@ def build_loggers(cfg, out: Path, public_config: dict, is_rank_zero: bool) -> li
     kind = cfg.logging.logger
     if kind in ("none", None, False):
         return []
-    csv = CSVLogger(out, name="logs")  # logs/version_N/metrics.csv, one folder per (re)start
+    # logs/version_N/metrics.csv, one folder per (re)start. Written at every log call (metrics come every
+    # trainer.log_every_n_steps steps, so this is a few rows): Lightning's default holds 100 steps' rows in memory
+    # until the run ends, so a run killed before that (SIGKILL at a benchmark's time limit, the kernel's OOM killer)
+    # left no figures at all.
+    csv = CSVLogger(out, name="logs", flush_logs_every_n_steps=1)
     if kind == "csv":
         return [csv]
     if kind == "tensorboard":

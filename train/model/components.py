@@ -178,7 +178,10 @@ def sdxl_time_ids(original_size, crop_top_left, target_size) -> torch.Tensor:
     """SDXL micro-conditioning, one row per image: (orig_h, orig_w, crop_top, crop_left, target_h, target_w).
 
     Each argument is an (h, w)-like pair for all images or an (N, 2) tensor of one pair per image; the
-    result is (N, 6) (N = 1 when every argument is a pair)."""
-    parts = [torch.as_tensor(v, dtype=torch.long).reshape(-1, 2) for v in (original_size, crop_top_left, target_size)]
+    result is (N, 6) (N = 1 when every argument is a pair), on the device of the tensor arguments (a training
+    batch's sizes are on the GPU, the target size is a plain pair)."""
+    values = (original_size, crop_top_left, target_size)
+    device = next((v.device for v in values if torch.is_tensor(v)), None)
+    parts = [torch.as_tensor(v, dtype=torch.long, device=device).reshape(-1, 2) for v in values]
     n = max(p.shape[0] for p in parts)
     return torch.cat([p.expand(n, 2) for p in parts], dim=1)

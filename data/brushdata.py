@@ -350,6 +350,13 @@ def _worker_context(method: str):
     return multiprocessing.get_context(method)
 
 
+def _shutdown(batches) -> None:
+    """Stop a DataLoader iterator's workers now (a no-op without workers, or when they already stopped)."""
+    stop = getattr(batches, "_shutdown_workers", None)
+    if stop is not None:
+        stop()
+
+
 # ------------------------------------------------------------------- loader
 
 
@@ -491,25 +498,31 @@ class BrushDataLoader:
         template = None
         with _job_signals_blocked():  # the workers it starts (by fork or spawn) are born blocking the job signals
             batches = iter(loader)
-        for item in batches:
-            meta = item.pop("__meta__")
-            slot = meta["slot"]
-            state = self.progress["slots"].setdefault(slot, {"emitted": 0, "read": 0})
-            state["emitted"] = max(state["emitted"], meta["emitted"])
-            state["read"] = max(state["read"], meta["read"])
-            self.progress["last_slot"] = slot
-            for reason, n in meta["bad"].items():
-                self.counters[f"bad/{reason}"] += n
-            if meta["marker"]:
-                state["done"] = True
-                continue
-            self.counters["good"] += len(item["key"])
-            self._check_bad_fraction()
-            self.progress["yielded"] += 1
-            self._finished = self.progress["yielded"] >= total
-            self._snapshot()
-            template = item
-            yield item
+        try:
+            for item in batches:
+                meta = item.pop("__meta__")
+                slot = meta["slot"]
+                state = self.progress["slots"].setdefault(slot, {"emitted": 0, "read": 0})
+                state["emitted"] = max(state["emitted"], meta["emitted"])
+                state["read"] = max(state["read"], meta["read"])
+                self.progress["last_slot"] = slot
+                for reason, n in meta["bad"].items():
+                    self.counters[f"bad/{reason}"] += n
+                if meta["marker"]:
+                    state["done"] = True
+                    continue
+                self.counters["good"] += len(item["key"])
+                self._check_bad_fraction()
+                self.progress["yielded"] += 1
+                self._finished = self.progress["yielded"] >= total
+                self._snapshot()
+                template = item
+                yield item
+        finally:
+            # Workers ignore SIGTERM (the job signals, above): an iteration that ends in an exception (a worker's,
+            # BadDataError) must stop them itself, or the interpreter's exit, which terminates daemon workers by
+            # SIGTERM and then joins them, waits forever while the traceback still holds this iterator.
+            _shutdown(batches)
         self._check_any_readable()
         while self.progress["yielded"] < total:
             self.progress["yielded"] += 1

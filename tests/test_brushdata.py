@@ -437,6 +437,66 @@ def test_loader_workers_outlive_the_job_signals_the_trainer_acts_on(uneven_shard
     assert words[:2] == ["signals", "True"] and int(words[-1]) >= 137 - 4 * 2 * 2, result.stdout
 
 
+ITERATION_THAT_FAILS = """
+import sys
+
+import data.brushdata
+from data.brushdata import BrushDataLoader, DataConfig
+
+
+def fail(*args, **kwargs):
+    raise RuntimeError("boom in a worker")
+
+
+def main():
+    mode, shards = sys.argv[1], sys.argv[2]
+    if mode == "worker":  # an unexpected error inside a loader worker (fork: the workers inherit this patch)
+        data.brushdata.make_example = fail
+        cfg = DataConfig(shards=[shards], resolution=32, batch_size=4, num_workers=2, shuffle_buffer=8,
+                         worker_start="fork")
+    else:  # the bad-record ceiling, raised in this process while the workers run
+        cfg = DataConfig(shards=[shards], resolution=32, batch_size=2, num_workers=2, shuffle_buffer=2,
+                         max_bad_fraction=0.05, bad_check_after=1)
+    for batch in BrushDataLoader(cfg):  # uncaught: the interpreter prints it and exits with status 1
+        pass
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("mode", ["worker", "ceiling"])
+def test_a_failed_iteration_ends_the_process_instead_of_hanging_at_exit(uneven_shards, tmp_path, mode):
+    """Workers ignore SIGTERM (the job signals): when an iteration ends in an exception that nobody catches, the
+    interpreter's exit terminates the daemon workers by SIGTERM and joins them. Unless the loader stopped them
+    itself, it waited there forever (seen: a worker's OpenCV error in `brushtrain fit`)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shards = uneven_shards if mode == "worker" else tmp_path / "bad"
+    if mode == "ceiling":
+        write_bad_dataset(shards)
+    script = tmp_path / "fails.py"
+    script.write_text(ITERATION_THAT_FAILS)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(script), mode, str(shards)], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(root)}, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the process hung after the exception")
+    assert proc.returncode == 1, err[-3000:]
+    expected = "RuntimeError: boom in a worker" if mode == "worker" else "BadDataError: "
+    assert expected in err, err[-3000:]
+
+
 BATCH_MEMORY_PROBE = """
 import torch
 from torch.utils.data import DataLoader, IterableDataset

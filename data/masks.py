@@ -255,10 +255,15 @@ def brush_strokes(
 _SHIFT = 4  # cv2 drawing with 1/16-pixel precision
 
 
+_MAX_THICKNESS = 32767  # OpenCV's limit for a line's thickness
+
+
 def draw_strokes(strokes: Sequence[np.ndarray], stroke_width: float, shape: tuple[int, int]) -> np.ndarray:
     """Rasterise polylines (crop pixel coordinates) ``stroke_width`` wide with round caps at the vertices."""
     canvas = np.zeros(shape, np.uint8)
     thickness = max(1, int(round(stroke_width)))
+    if thickness > _MAX_THICKNESS:
+        return _draw_wide_strokes(canvas, strokes, thickness / 2)
     radius = int(round(stroke_width / 2 * (1 << _SHIFT)))
     for pts in strokes:
         fixed = np.round(pts * (1 << _SHIFT)).astype(np.int64)
@@ -269,6 +274,25 @@ def draw_strokes(strokes: Sequence[np.ndarray], stroke_width: float, shape: tupl
             cv2.polylines(canvas, [fixed], isClosed=False, color=1, thickness=thickness, shift=_SHIFT)
         for px, py in fixed:
             cv2.circle(canvas, (int(px), int(py)), radius, 1, thickness=-1, shift=_SHIFT)
+    return canvas
+
+
+def _draw_wide_strokes(canvas: np.ndarray, strokes: Sequence[np.ndarray], radius: float) -> np.ndarray:
+    """Strokes wider than OpenCV draws (a 128 px brush on a 1-2 px image, scaled to the crop): every pixel
+    within ``radius`` of a polyline (its vertices included), by distance, a row of the canvas at a time."""
+    height, width = canvas.shape
+    xs = np.arange(width, dtype=np.float64)
+    for pts in strokes:
+        pts = np.asarray(pts, np.float64)
+        pairs = [(pts[0], pts[0])] if len(pts) == 1 else list(zip(pts[:-1], pts[1:]))
+        for (ax, ay), (bx, by) in pairs:
+            dx, dy = bx - ax, by - ay
+            length2 = dx * dx + dy * dy
+            for y in range(height):
+                px, py = xs - ax, y - ay
+                t = np.clip((px * dx + py * dy) / length2, 0, 1) if length2 else 0.0
+                inside = (px - t * dx) ** 2 + (py - t * dy) ** 2 <= radius * radius
+                canvas[y, inside] = 1
     return canvas
 
 

@@ -214,7 +214,7 @@ def parse_record(raw: RawRecord, require_segmentation: bool = True) -> Record:
             masks = seg["mask"]
             if not isinstance(masks, list) or not all(isinstance(m, list) for m in masks):
                 raise TypeError("'mask' must be a list of lists")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nesting too deep for json
             raise BadSample("bad_segmentation", str(exc)[:200]) from None
         arrays = []
         for i, rle in enumerate(masks):
@@ -222,8 +222,7 @@ def parse_record(raw: RawRecord, require_segmentation: bool = True) -> Record:
                 arrays.append(np.asarray(rle))  # converted once: the crop samples the array (rle_sample)
                 rle_check(arrays[-1], height, width)
             except RLEError as exc:
-                reason = "rle_out_of_bounds" if "reaches pixel" in str(exc) or "below 1" in str(exc) else "bad_segmentation"
-                raise BadSample(reason, f"mask {i}: {exc}") from None
+                raise BadSample("rle_out_of_bounds" if exc.out_of_bounds else "bad_segmentation", f"mask {i}: {exc}") from None
             except (TypeError, ValueError) as exc:
                 raise BadSample("bad_segmentation", f"mask {i}: {exc}") from None
         masks = arrays

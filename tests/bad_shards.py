@@ -103,3 +103,33 @@ def write_uneven_shards(folder: Path, sizes: list[int], seed: int = 0, prefix: s
                 writer.write(f"k{n:05d}", brushdata_members(encode_jpeg(rec.image), h, w, rec.caption, rec.masks))
                 n += 1
     return folder
+
+
+def unusual_records() -> list[tuple[str, dict, str | None]]:
+    """Records that once stopped the reader or were misjudged: (key, members, the reason they are skipped with,
+    or None where they must train). Each is valid or invalid in one way only."""
+    deep = b'{"mask": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    return [
+        ("ok_plain", members(seed=1), None),
+        ("ok_1x1", members(1, 1, seed=2, masks=[[1, 1]]), None),  # brush strokes 65536 px wide in a 512 px crop
+        ("ok_2x300", members(2, 300, seed=3, masks=[[1, 2]]), None),
+        ("ok_300x2", members(300, 2, seed=4, masks=[]), None),
+        ("rle_infinite", {**members(seed=5), "segmentation": b'{"mask": [[1e400, 5]]}'}, "bad_segmentation"),
+        ("rle_int64_wrap", {**members(seed=6), "segmentation": b'{"mask": [[2, 9223372036854775807]]}'},
+         "rle_out_of_bounds"),
+        ("rle_uint64", {**members(seed=7), "segmentation": b'{"mask": [[18446744073709551615, 1]]}'},
+         "rle_out_of_bounds"),
+        ("json_too_deep", {**members(seed=8), "segmentation": deep}, "bad_segmentation"),
+    ]
+
+
+def write_unusual_dataset(folder: Path) -> dict:
+    """One shard of :func:`unusual_records`; returns {"good_keys": [...], "bad": {reason: n}}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = unusual_records()
+    write_tar(folder / "unusual-00000.tar", [(key, mem) for key, mem, _ in records])
+    bad: dict = {}
+    for _, _, reason in records:
+        if reason is not None:
+            bad[reason] = bad.get(reason, 0) + 1
+    return {"good_keys": [key for key, _, reason in records if reason is None], "bad": bad}

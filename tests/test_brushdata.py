@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from bad_shards import members, write_bad_dataset, write_tar, write_uneven_shards
+from bad_shards import members, write_bad_dataset, write_tar, write_unusual_dataset, write_uneven_shards
 
 from data.batch import model_inputs
 from data.brushdata import BadDataError, BrushDataLoader, DataConfig, MaskConfig
@@ -239,6 +239,21 @@ def test_every_bad_record_kind_is_skipped_counted_and_logged(tmp_path, caplog):
     for reason in expected["bad"]:
         assert any(reason in r.message and ".tar" in r.message for r in caplog.records), reason
     assert any("mixed-00000.tar key=bad_not_jpeg" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unusual_records_train_or_are_counted_with_their_reason(tmp_path, workers):
+    """Records that once killed the loader (OpenCV's line-width limit, RLE values past 64 bits, JSON nested past
+    Python's recursion limit) or were misjudged: each trains once or is counted once by its reason."""
+    expected = write_unusual_dataset(tmp_path / "odd")
+    cfg = _cfg(tmp_path / "odd", num_workers=workers, resolution=512, batch_size=2, max_bad_fraction=1.0,
+               mask=MaskConfig(segmentation=1, brush=1, opening_p=0.0))
+    for _ in range(2):  # two epochs: other crops, masks and strokes
+        loader = BrushDataLoader(cfg)
+        keys = _real_keys(_run(loader))
+        assert sorted(keys) == sorted(f"unusual-00000.tar/{k}" for k in expected["good_keys"])
+        assert {k[4:]: v for k, v in loader.counters.items() if k.startswith("bad/")} == expected["bad"]
+        cfg = dataclasses.replace(cfg, seed=cfg.seed + 1)
 
 
 def test_bad_fraction_ceiling_stops_the_run(tmp_path):

@@ -7,7 +7,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from bad_shards import write_bad_dataset
+from bad_shards import unusual_records, write_bad_dataset, write_unusual_dataset
 from PIL import Image
 
 from data.masks import rle_decode
@@ -63,6 +63,15 @@ def test_validate_counts_every_bad_kind_and_strict_fails(tmp_path, capsys):
     assert main(["data", "validate", str(tmp_path / "bad"), "--strict"]) == 1
     text = capsys.readouterr().out
     assert "bad_image: 1" in text and "mixed-00000.tar bad_size" in text
+
+
+def test_validate_judges_unusual_records_as_training_does(tmp_path, capsys):
+    expected = write_unusual_dataset(tmp_path / "odd")
+    assert main(["data", "validate", str(tmp_path / "odd"), "--json"]) == 0
+    report = _json_out(capsys)
+    assert (report["samples"], report["bad"]) == (len(expected["good_keys"]), expected["bad"])
+    assert {b["key"]: b["reason"] for b in report["bad_records"]} == {
+        key: reason for key, _, reason in unusual_records() if reason is not None}
 
 
 def test_validate_in_parallel_agrees(tmp_path, capsys):

@@ -76,6 +76,23 @@ def test_bad_run_length_data_is_refused():
     assert rle_decode([9, 4], 3, 4).sum() == 4  # exactly to the last pixel is fine
 
 
+def test_run_length_values_past_64_bits_or_infinite_are_refused_not_wrapped():
+    # JSON allows any integer (and 1e400 is infinity): numpy's int64 arithmetic wrapped such values around, so
+    # [2, 2**63 - 1] passed the bounds check (start + length overflowed to a negative end) and [1e400, 5] crashed
+    # the worker later in rle_sample (ValueError: repeats may not contain negative values).
+    every = np.arange(4)
+    for rle in ([2, 2**63 - 1], [2**63 - 1, 1], [2**64 - 1, 1], [1, 2**64 - 1], [10**30, 1], [1, 1, 1, -(10**30)],
+                [2**62, 2**62]):
+        with pytest.raises(RLEError) as info:
+            rle_sample(rle, 3, 4, every[:3], every)
+        assert info.value.out_of_bounds, rle
+    for rle in ([float("inf"), 5], [1, float("nan")], [1e400, 5], [1.5, 2]):
+        with pytest.raises(RLEError, match="integers") as info:
+            rle_sample(rle, 3, 4, every[:3], every)
+        assert not info.value.out_of_bounds
+    assert rle_decode([9.0, 4.0], 3, 4).sum() == 4
+
+
 def test_brush_masks_are_deterministic_per_seed_with_bounded_coverage():
     a = brush_mask(256, 256, np.random.default_rng(5), stroke_width=64, min_strokes=1)
     b = brush_mask(256, 256, np.random.default_rng(5), stroke_width=64, min_strokes=1)

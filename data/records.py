@@ -22,7 +22,7 @@ from typing import Iterator
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from data.masks import RLEError, rle_check
 from data.shards import sample_key
@@ -61,6 +61,7 @@ REASONS = {
 }
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+MAX_PIXELS = 1 << 30  # OpenCV's default limit (CV_IO_MAX_IMAGE_PIXELS): the reference cannot decode larger images
 
 
 class BadSample(Exception):
@@ -193,12 +194,15 @@ def parse_record(raw: RawRecord, require_segmentation: bool = True) -> Record:
     if not data.startswith(_JPEG_MAGIC):
         raise BadSample("not_jpeg", f"starts with {data[:4].hex()}")
     try:
-        image = Image.open(io.BytesIO(data))
+        # The JPEG reader itself, not Image.open: that one turns a camera's multi-picture JPEG (MPO: the primary
+        # image, then more) into format "MPO", and refuses images over 179 M pixels as decompression bombs, where
+        # the decoders (and the reference's cv2.imdecode) read the primary image and only the header is read here.
+        image = JpegImagePlugin.JpegImageFile(io.BytesIO(data))
         size = image.size
     except Exception as exc:
-        raise BadSample("bad_image", str(exc)) from None
-    if image.format != "JPEG":
-        raise BadSample("not_jpeg", f"decoded as {image.format}")
+        raise BadSample("bad_image", f"unreadable JPEG header: {exc}") from None
+    if size[0] * size[1] > MAX_PIXELS:
+        raise BadSample("bad_image", f"{size[1]}x{size[0]} is more than {MAX_PIXELS} pixels (OpenCV's limit)")
     if size != (width, height):
         raise BadSample("size_mismatch", f"members say {height}x{width}, image is {size[1]}x{size[0]}")
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import tarfile
@@ -120,7 +121,35 @@ def unusual_records() -> list[tuple[str, dict, str | None]]:
         ("rle_uint64", {**members(seed=7), "segmentation": b'{"mask": [[18446744073709551615, 1]]}'},
          "rle_out_of_bounds"),
         ("json_too_deep", {**members(seed=8), "segmentation": deep}, "bad_segmentation"),
+        ("ok_mpo", {**members(seed=9), "image": _mpo(40, 56)}, None),  # a camera's multi-picture JPEG
+        ("ok_180mp", {**members(seed=10, masks=[]), "image": _large_jpeg(), "height": b"13400", "width": b"13400"},
+         None),  # past PIL's decompression-bomb limit (179 M pixels), not OpenCV's (2**30)
+        ("header_past_2e30", {**members(16, 16, seed=11), "image": _claimed_size(jpeg(16, 16), 65000, 65000),
+                              "height": b"65000", "width": b"65000"}, "bad_image"),
     ]
+
+
+def _mpo(h: int, w: int) -> bytes:
+    rng = np.random.default_rng(h * w)
+    first, second = (Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(2))
+    buf = io.BytesIO()
+    first.save(buf, format="MPO", save_all=True, append_images=[second])
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=1)
+def _large_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (13400, 13400), 128).save(buf, format="JPEG", quality=50)  # 180 M pixels, 2 MB
+    return buf.getvalue()
+
+
+def _claimed_size(data: bytes, h: int, w: int) -> bytes:
+    """The JPEG with its frame header (SOF0) claiming h x w."""
+    out = bytearray(data)
+    sof = out.index(b"\xff\xc0")
+    out[sof + 5 : sof + 9] = h.to_bytes(2, "big") + w.to_bytes(2, "big")
+    return bytes(out)
 
 
 def write_unusual_dataset(folder: Path) -> dict:

@@ -1,7 +1,8 @@
 """Building BrushData shards from COCO annotations or from a folder of images, masks and captions.
 
 Both builders copy JPEG bytes as they are (other formats are re-encoded as
-JPEG), encode each mask as BrushData run-length data, write size-capped shards
+JPEG; an EXIF orientation is set to 1 in the copy, since sizes and masks are
+taken of the stored pixels and training turns images as the reference does), encode each mask as BrushData run-length data, write size-capped shards
 atomically with a ``sizes.json``, and return a summary: records written,
 inputs skipped by reason, shards and bytes.
 """
@@ -17,6 +18,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
+from data.records import exif_orientation
 from data.writer import ShardWriter, brushdata_members, encode_jpeg
 
 __all__ = ["build_from_coco", "build_from_folder", "IMAGE_SUFFIXES"]
@@ -26,13 +28,53 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def _jpeg_and_size(path: Path) -> tuple[bytes, int, int]:
+    """The record's JPEG bytes and (height, width) of its stored pixels, which the masks describe."""
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as im:
         im.load()
         if im.format == "JPEG" and im.mode in ("RGB", "L"):
+            if exif_orientation(im) != 1:
+                # Training decodes as the reference does, turning the image by its EXIF orientation; the masks
+                # and sizes here are of the stored pixels, so the copy says "upright" (the pixel data unchanged).
+                upright = _upright(data)
+                if upright is None:
+                    return encode_jpeg(np.asarray(im.convert("RGB")), quality=95), im.height, im.width
+                data = upright
             return data, im.height, im.width
         rgb = np.asarray(im.convert("RGB"))
     return encode_jpeg(rgb, quality=95), rgb.shape[0], rgb.shape[1]
+
+
+def _upright(data: bytes) -> bytes | None:
+    """The JPEG with the orientation tag of its EXIF data set to 1 (in place: nothing else changes), or None when
+    the tag cannot be found where the format puts it (the first IFD of the APP1 Exif segment)."""
+    out = bytearray(data)
+    pos = 2  # after SOI
+    while pos + 4 <= len(out) and out[pos] == 0xFF:
+        marker, length = out[pos + 1], int.from_bytes(out[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:  # start of scan: no more headers
+            return None
+        body = pos + 4
+        if marker == 0xE1 and out[body : body + 6] == b"Exif\0\0":
+            tiff = body + 6
+            order = {b"II": "little", b"MM": "big"}.get(bytes(out[tiff : tiff + 2]))
+            if order is None:
+                return None
+            ifd = tiff + int.from_bytes(out[tiff + 4 : tiff + 8], order)
+            if ifd + 2 > pos + 2 + length:
+                return None
+            for i in range(int.from_bytes(out[ifd : ifd + 2], order)):
+                entry = ifd + 2 + 12 * i
+                if entry + 12 > pos + 2 + length:
+                    return None
+                if int.from_bytes(out[entry : entry + 2], order) == 0x0112:
+                    if int.from_bytes(out[entry + 2 : entry + 4], order) != 3:  # SHORT, as the standard says
+                        return None
+                    out[entry + 8 : entry + 10] = (1).to_bytes(2, order)
+                    return bytes(out)
+            return None
+        pos += 2 + length
+    return None
 
 
 def _summary(writer: ShardWriter, skipped: collections.Counter) -> dict:

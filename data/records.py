@@ -42,6 +42,7 @@ __all__ = [
     "decode_image",
     "decode_pixels",
     "jpeg_decoder",
+    "exif_orientation",
 ]
 
 MEMBERS = ("image", "caption", "height", "width", "segmentation")
@@ -170,6 +171,26 @@ class Record:
     width: int
     caption: str
     masks: list  # run-length data, one 1-D array per mask, all checked against (height, width)
+    orientation: int = 1  # the JPEG's EXIF orientation (1-8), applied when decoding; height/width are after it
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) that OpenCV's imdecode applies, as the reference decodes; 1 when absent."""
+    if "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF data: OpenCV applies nothing either
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored pixels -> as displayed, OpenCV's ExifTransform step for step (so the pixels are the reference's)."""
+    if orientation >= 5:
+        pixels = cv2.transpose(pixels)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return pixels if flip is None else cv2.flip(pixels, flip)
 
 
 def _positive_int(data: bytes, name: str) -> int:
@@ -203,8 +224,11 @@ def parse_record(raw: RawRecord, require_segmentation: bool = True) -> Record:
         raise BadSample("bad_image", f"unreadable JPEG header: {exc}") from None
     if size[0] * size[1] > MAX_PIXELS:
         raise BadSample("bad_image", f"{size[1]}x{size[0]} is more than {MAX_PIXELS} pixels (OpenCV's limit)")
-    if size != (width, height):
-        raise BadSample("size_mismatch", f"members say {height}x{width}, image is {size[1]}x{size[0]}")
+    orientation = exif_orientation(image)
+    shown = size[::-1] if orientation >= 5 else size  # (w, h) as displayed: EXIF orientations 5-8 transpose
+    if shown != (width, height):
+        turned = f" after its EXIF orientation {orientation} (stored {size[1]}x{size[0]})" if orientation != 1 else ""
+        raise BadSample("size_mismatch", f"members say {height}x{width}, image is {shown[1]}x{shown[0]}{turned}")
 
     try:
         caption = raw.members["caption"].decode("utf-8").strip()
@@ -230,7 +254,7 @@ def parse_record(raw: RawRecord, require_segmentation: bool = True) -> Record:
             except (TypeError, ValueError) as exc:
                 raise BadSample("bad_segmentation", f"mask {i}: {exc}") from None
         masks = arrays
-    return Record(raw.shard, raw.key, raw.offset, image, data, height, width, caption, masks)
+    return Record(raw.shard, raw.key, raw.offset, image, data, height, width, caption, masks, orientation)
 
 
 try:  # libjpeg-turbo 3 with its SIMD paths, decoding straight into RGB (optional: OpenCV otherwise)
@@ -271,29 +295,34 @@ def decode_pixels(record: Record, min_size: tuple[int, int] | None = None) -> tu
     give the same pixels (tests/test_decode.py; an OpenCV built against IJG
     libjpeg instead, as some conda or system builds are, scales differently:
     the stream stays valid, but its batches are not bit-identical to those of a
-    machine with simplejpeg). EXIF orientation is ignored (height/width and the
-    masks describe the stored pixels). Data that cannot be decoded completely
-    (truncated, corrupt) raises :class:`BadSample` ('bad_image').
+    machine with simplejpeg). The EXIF orientation is applied, as the reference's
+    ``cv2.imdecode(..., IMREAD_COLOR)`` does: the pixels are the image as
+    displayed, which height/width and the masks describe. Data that cannot be
+    decoded completely (truncated, corrupt) raises :class:`BadSample` ('bad_image').
     """
-    factor = _scale_factor(record.width, record.height, min_size)
+    turned = record.orientation >= 5
+    width, height = (record.height, record.width) if turned else (record.width, record.height)  # as stored
+    if min_size is not None and turned:
+        min_size = (min_size[1], min_size[0])
+    factor = _scale_factor(width, height, min_size)
     if _simplejpeg is not None:
         try:
             # the smallest libjpeg scale >= (h/k, w/k) is 1/k itself
-            pixels = _simplejpeg.decode_jpeg(record.data, "RGB", min_height=math.ceil(record.height / factor),
-                                             min_width=math.ceil(record.width / factor))
+            pixels = _simplejpeg.decode_jpeg(record.data, "RGB", min_height=math.ceil(height / factor),
+                                             min_width=math.ceil(width / factor))
         except ValueError:
             pass  # OpenCV decides, as before simplejpeg was used: the same images are accepted and refused
         else:
             if pixels.ndim == 3 and pixels.shape[2] == 3:
-                return pixels, "RGB"
-    flags = _REDUCED[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+                return _orient(pixels, record.orientation), "RGB"
+    flags = _REDUCED[factor] | cv2.IMREAD_IGNORE_ORIENTATION  # applied below, after the reduced-scale decode
     try:
         pixels = cv2.imdecode(np.frombuffer(record.data, np.uint8), flags)
     except cv2.error as exc:
         raise BadSample("bad_image", str(exc).strip().splitlines()[-1]) from None
     if pixels is None or pixels.ndim != 3:
         raise BadSample("bad_image", "the JPEG data is truncated or cannot be decoded")
-    return pixels, "BGR"
+    return _orient(pixels, record.orientation), "BGR"
 
 
 def decode_image(record: Record, min_size: tuple[int, int] | None = None) -> np.ndarray:

@@ -215,6 +215,40 @@ def test_resized_masks_stay_aligned_with_the_image(tmp_path):
         assert (keep != expected).mean() < 0.03
 
 
+def test_masks_stay_aligned_with_exif_turned_images(tmp_path):
+    """Phones store pixels sideways with an EXIF orientation. The reference decodes with cv2.imdecode(IMREAD_COLOR),
+    which turns them upright, and applies height/width and the masks to that; so does the stream (before, it
+    trained on the stored pixels: a 180-degree turn put every mask on the wrong part of the image)."""
+    from PIL import Image
+
+    from data.masks import rle_encode
+
+    records = []
+    for orientation in range(1, 9):
+        stored = np.zeros((32, 48, 3), np.uint8)
+        stored[4:20, 8:16] = 255  # a white box off every axis of symmetry
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        buf = __import__("io").BytesIO()
+        Image.fromarray(stored).save(buf, format="JPEG", quality=100, exif=exif.tobytes())
+        shown = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_COLOR)  # the reference's pixels
+        h, w = shown.shape[:2]
+        box = (shown[..., 0] > 127).astype(np.uint8)
+        records.append((f"o{orientation}", brushdata_members(buf.getvalue(), h, w, "box", [box])))
+    write_tar(tmp_path / "exif.tar", records)
+    cfg = _cfg(tmp_path, num_workers=0, batch_size=1, resolution=32, random_crop=False,
+               mask=MaskConfig(opening_p=0.0, invert_p=0.0))
+    loader = BrushDataLoader(cfg)
+    seen = set()
+    for batch in loader:
+        keep = batch["keep_mask"][0, 0].numpy()
+        white = batch["image"][0, 0].numpy() > 127
+        assert 0 < keep.sum() < keep.size
+        assert (white == (keep == 1)).mean() > 0.97, batch["key"]
+        seen.add(batch["key"][0])
+    assert len(seen) == 8 and dict(loader.counters) == {"good": 8}
+
+
 def test_caption_dropout_and_mask_sources(uneven_shards):
     dropped = _run(BrushDataLoader(_cfg(uneven_shards, caption_dropout=1.0, num_workers=0)))
     assert all(c == "" for b in dropped for c in b["caption"])

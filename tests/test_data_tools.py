@@ -156,6 +156,37 @@ def test_build_from_folder(tmp_path, capsys):
     assert np.array_equal(rle_decode(rec.masks[1], 20, 24), (m <= 127).astype(np.uint8))
 
 
+def test_build_keeps_exif_turned_jpegs_aligned_with_their_masks(tmp_path, capsys):
+    """The builders copy JPEG bytes and take sizes and masks of the stored pixels. Training turns an image by its
+    EXIF orientation as the reference does, so the copy's orientation is set to 1 (two bytes change, no pixel);
+    copied as they were, these records were size mismatches (or, turned 180 degrees, misaligned)."""
+    import io
+
+    import cv2
+
+    images, masks = tmp_path / "img", tmp_path / "msk"
+    images.mkdir(), masks.mkdir()
+    stored = np.zeros((20, 30, 3), np.uint8)
+    stored[2:8, 3:12] = 255
+    for orientation in (3, 6):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        exif[0x010F] = "a camera"
+        Image.fromarray(stored).save(images / f"p{orientation}.jpg", quality=100, exif=exif.tobytes())
+        Image.fromarray(stored[..., 0]).save(masks / f"p{orientation}.png")
+    assert main(["data", "build", "folder", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "o")]) == 0
+    summary = _json_out(capsys)
+    assert summary["samples"] == 2 and summary["skipped"] == {"no_caption (written with an empty caption)": 2}
+    for raw in read_shard(summary["shards"][0]):
+        rec = parse_record(raw)
+        original = (images / f"{raw.key.split('_')[0]}.jpg").read_bytes()
+        assert len(rec.data) == len(original) and sum(a != b for a, b in zip(rec.data, original)) == 1
+        assert Image.open(io.BytesIO(rec.data)).getexif()[0x010F] == "a camera"
+        assert (rec.orientation, rec.height, rec.width) == (1, 20, 30)
+        pixels = cv2.imdecode(np.frombuffer(rec.data, np.uint8), cv2.IMREAD_COLOR)  # as the reference decodes
+        assert np.array_equal(rle_decode(rec.masks[0], 20, 30), (pixels[..., 0] > 127).astype(np.uint8))
+
+
 def test_shards_roll_over_by_bytes(tmp_path, capsys):
     main(["data", "synth", str(tmp_path / "s"), "--samples", "12", "--per-shard", "100"])
     capsys.readouterr()

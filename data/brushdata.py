@@ -381,7 +381,9 @@ class BrushDataLoader:
         self.shards = expand_shards(cfg.shards)
         self.sizes = shard_sizes(self.shards, cfg.sizes_file, cfg.shard_retries, cfg.shard_retry_delay)
         if sum(self.sizes) == 0:
-            raise ValueError(f"the shards {shard_specs(cfg.shards)} hold no samples")
+            empty = BadDataError(f"the shards {shard_specs(cfg.shards)} hold no samples")
+            empty.rank_zero_only = True  # every rank counted the same shards
+            raise empty
         self.dataset = BrushDataset(cfg, self.shards, self.sizes)
         self._gather = gather or _default_gather
         self.counters: collections.Counter = collections.Counter()

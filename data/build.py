@@ -24,6 +24,8 @@ from data.writer import ShardWriter, brushdata_members, encode_jpeg
 __all__ = ["build_from_coco", "build_from_folder", "IMAGE_SUFFIXES"]
 
 log = logging.getLogger(__name__)
+# What reading an input image can raise: damaged or unknown data, and PIL's refusal of images over 179 M pixels
+_UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -112,7 +114,7 @@ def build_from_coco(
             path = images_dir / info["file_name"]
             try:
                 jpeg, height, width = _jpeg_and_size(path)
-            except (OSError, ValueError) as exc:
+            except _UNREADABLE as exc:
                 skipped["unreadable_image"] += 1
                 log.warning("skipping COCO image %s (%s): %s", image_id, path, exc)
                 continue
@@ -165,25 +167,35 @@ def build_from_folder(
         for index, path in enumerate(paths):
             try:
                 jpeg, height, width = _jpeg_and_size(path)
-            except (OSError, ValueError) as exc:
+            except _UNREADABLE as exc:
                 skipped["unreadable_image"] += 1
                 log.warning("skipping %s: %s", path, exc)
                 continue
             masks = []
-            bad_mask = False
+            bad_mask = None
             for mask_path in _mask_files(path.stem, masks_dir) if masks_dir else []:
-                with Image.open(mask_path) as m:
-                    arr = np.asarray(m.convert("L"))
+                try:
+                    with Image.open(mask_path) as m:
+                        arr = np.asarray(m.convert("L"))
+                except _UNREADABLE as exc:
+                    log.warning("skipping %s: mask %s cannot be read: %s", path, mask_path, exc)
+                    bad_mask = "unreadable_mask"
+                    break
                 if arr.shape != (height, width):
                     log.warning("skipping %s: mask %s is %s, image is %s", path, mask_path, arr.shape, (height, width))
-                    bad_mask = True
+                    bad_mask = "mask_size_mismatch"
                     break
                 masks.append(arr > 127)
             if bad_mask:
-                skipped["mask_size_mismatch"] += 1
+                skipped[bad_mask] += 1
                 continue
             caption_path = captions_dir / f"{path.stem}.txt"
-            caption = caption_path.read_text(encoding="utf-8").strip() if caption_path.is_file() else ""
+            try:
+                caption = caption_path.read_text(encoding="utf-8").strip() if caption_path.is_file() else ""
+            except UnicodeDecodeError as exc:
+                skipped["caption_not_utf8"] += 1
+                log.warning("skipping %s: caption %s is not UTF-8 (%s)", path, caption_path, exc)
+                continue
             if not caption_path.is_file():
                 skipped["no_caption (written with an empty caption)"] += 1
             key = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem) + f"_{index:07d}"

@@ -249,3 +249,76 @@ def test_bad_mask_mode_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["data", "bench", str(tmp_path), "--mask-mode", "scribble"])
     assert "unknown mask source 'scribble'" in capsys.readouterr().err
+
+
+def _tool_fixture(tmp_path) -> None:
+    main(["data", "synth", str(tmp_path / "good"), "--samples", "4", "--per-shard", "4"])
+    (tmp_path / "empty").mkdir()
+    tarfile.open(tmp_path / "empty" / "none.tar", "w").close()
+    write_bad_dataset(tmp_path / "bad")
+    (tmp_path / "bad_policy.yaml").write_text("data: {mask: {opening_p: 2}}\n")
+    (tmp_path / "zero_resolution.yaml").write_text("data: {resolution: 0}\n")
+    images = tmp_path / "images"
+    images.mkdir()
+    for stem in ("a", "b", "c"):
+        Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(images / f"{stem}.jpg")
+    (images / "a.txt").write_bytes(b"\xff\xfe not UTF-8")
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "b.png").write_bytes(b"not a PNG")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "{t}/empty", "--samples", "5"], "hold no samples"),
+    (["preview", "{t}/empty", "--out", "{t}/x.png"], "hold no samples"),
+    (["preview", "{t}/bad/truncated-00001.tar", "{t}/bad/mixed-00000.tar", "--out", "{t}/x.png", "--mask-mode",
+      "segmentation=0"], "--mask-mode: mask source weights must be >= 0 with a positive sum"),
+    (["bench", "{t}/good", "--mask-mode", "brush=-1"], "--mask-mode: mask source weights must be >= 0"),
+    (["preview", "{t}/good", "--out", "{t}/x.png", "--config", "{t}/bad_policy.yaml"],
+     "bad_policy.yaml: opening_p must be in [0, 1], got 2.0"),
+    (["bench", "{t}/good", "--config", "{t}/zero_resolution.yaml"], "data.resolution must be >= 1, got 0"),
+    (["preview", "{t}/good", "--out", "{t}/good"], "Is a directory"),
+    (["synth", "{t}/s", "--min-size", "100", "--max-size", "50"], "--min-size 100 is larger than --max-size 50"),
+    (["bench", "{t}/good", "--resolution", "0"], "argument --resolution: must be >= 1, got 0"),
+    (["preview", "{t}/good", "--out", "{t}/x.png", "--resolution", "-5"], "argument --resolution: must be >= 1"),
+    (["bench", "{t}/good", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
+    (["bench", "{t}/good", "--workers", "-1"], "argument --workers: must be >= 0"),
+    (["bench", "{t}/good", "--samples", "0"], "argument --samples: must be >= 1"),
+    (["preview", "{t}/good", "--out", "{t}/x.png", "--samples", "0"], "argument --samples: must be >= 1"),
+    (["synth", "{t}/s", "--per-shard", "0"], "argument --per-shard: must be >= 1"),
+    (["synth", "{t}/s", "--min-size", "0"], "argument --min-size: must be >= 1"),
+    (["build", "folder", "--images", "{t}/images", "--out", "{t}/o", "--max-samples", "0"],
+     "argument --max-samples: must be >= 1"),
+])
+def test_a_users_mistake_is_one_line_not_a_traceback(tmp_path, capsys, args, message):
+    """Each of these printed a Python traceback (ValueError, ZeroDivisionError, cv2.error, RuntimeError...)."""
+    _tool_fixture(tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(["data", *[a.replace("{t}", str(tmp_path)) for a in args]])
+    except SystemExit as exc:  # argparse: usage, then the one-line error
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code in (1, 2) and message in err, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("brushtrain data")
+
+
+def test_build_from_folder_skips_unreadable_masks_and_captions(tmp_path, capsys):
+    _tool_fixture(tmp_path)
+    capsys.readouterr()
+    assert main(["data", "build", "folder", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                 "--out", str(tmp_path / "o")]) == 0
+    summary = _json_out(capsys)
+    assert summary["samples"] == 1
+    assert summary["skipped"] == {"caption_not_utf8": 1, "unreadable_mask": 1,
+                                  "no_caption (written with an empty caption)": 1}
+
+
+def test_a_preview_of_bad_records_only_says_so(tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    from bad_shards import DEFECTS, members, write_tar
+
+    write_tar(tmp_path / "bad" / "x.tar", [(f"k{i}", DEFECTS["size_mismatch"](members(seed=i))) for i in range(3)])
+    assert main(["data", "preview", str(tmp_path / "bad"), "--out", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert "no good samples to preview" in err and "size_mismatch" in err and "Traceback" not in err

@@ -174,7 +174,7 @@ class BrushDataset(IterableDataset):
     def _records(self, segments: list[Segment], read: _Counter) -> Iterator[RawRecord | BadRecord]:
         for seg in segments:
             for record in read_shard(self.shards[seg.shard], seg.start, seg.end, self.cfg.shard_retries,
-                                     self.cfg.shard_retry_delay):
+                                     self.cfg.shard_retry_delay, planned=self.sizes[seg.shard]):
                 read.n += 1
                 yield record
 

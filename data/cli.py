@@ -255,7 +255,10 @@ def _validate(args) -> int:
         for name in ("height", "width", "masks_per_sample", "image_bytes"):
             if report[name]:
                 print(f"  {name}: {report[name]}")
-    return 1 if args.strict and report["bad_total"] else 0
+        for shard, n in report["sizes_mismatch"].items():
+            print(f"  sizes.json is wrong for {shard}: {n['sizes_json']} records listed, {n['records']} in the shard "
+                  f"(training plans the listed number; run `brushtrain data index`)")
+    return 1 if args.strict and (report["bad_total"] or report["sizes_mismatch"]) else 0
 
 
 def _preview(args) -> int:

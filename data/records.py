@@ -95,8 +95,11 @@ class BadRecord:
 
 
 def read_shard(shard: str, start: int = 0, end: int | None = None, retries: int = 0,
-               retry_delay: float = 1.0) -> Iterator[RawRecord | BadRecord]:
+               retry_delay: float = 1.0, planned: int | None = None) -> Iterator[RawRecord | BadRecord]:
     """Records ``start <= offset < end`` of one shard, in tar order.
+
+    ``planned``: the shard's record count in the plan (``sizes.json``); the reader of its last records
+    (``end == planned``) warns when the shard holds more (those are never read) or fewer.
 
     Members of records outside the range are skipped without being kept. A tar
     that was cut (an error inside a member, or no end-of-archive marker) yields
@@ -124,6 +127,10 @@ def read_shard(shard: str, start: int = 0, end: int | None = None, retries: int 
                     yield current
                 offset += 1
                 if end is not None and offset >= end:
+                    if end == planned:
+                        log.warning("shard %s holds more than the %d records its sizes.json entry gives it: the "
+                                    "records after the %d-th are never read (run `brushtrain data index` on "
+                                    "its folder)", shard, planned, planned)
                     current = None
                     break
                 current = RawRecord(shard, key, offset)
@@ -136,6 +143,9 @@ def read_shard(shard: str, start: int = 0, end: int | None = None, retries: int 
             stream.drain()
             if len(stream.tail) < 1024 or any(stream.tail):
                 cut = "no end-of-archive marker: the file was cut at a header or member boundary"
+            elif end is not None and end == planned and offset + 1 < planned:
+                log.warning("shard %s holds %d records, its sizes.json entry %d (run `brushtrain data index` on its "
+                            "folder)", shard, offset + 1, planned)
     except (tarfile.TarError, OSError, EOFError) as exc:
         cut = str(exc) or type(exc).__name__
         if offset < 0:  # nothing readable at all; reported once, by the reader of its first record

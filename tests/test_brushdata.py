@@ -290,6 +290,22 @@ def test_unusual_records_train_or_are_counted_with_their_reason(tmp_path, worker
         cfg = dataclasses.replace(cfg, seed=cfg.seed + 1)
 
 
+def test_a_wrong_sizes_json_is_reported_not_silent(tmp_path, caplog):
+    """Training reads as many records of a shard as sizes.json lists: the others of a shard that holds more were
+    dropped without a word (validate counted them all)."""
+    import json
+
+    write_tar(tmp_path / "a.tar", [(f"a{i}", members(seed=i)) for i in range(10)])
+    write_tar(tmp_path / "b.tar", [(f"b{i}", members(seed=i)) for i in range(3)])
+    (tmp_path / "sizes.json").write_text(json.dumps({"a.tar": 4, "b.tar": 8}))
+    with caplog.at_level(logging.WARNING, logger="data.records"):
+        loader = BrushDataLoader(_cfg(tmp_path, num_workers=0, batch_size=2))
+        assert len(_real_keys(_run(loader))) == 4 + 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("a.tar holds more than the 4 records" in m and "never read" in m for m in messages), messages
+    assert any("b.tar holds 3 records, its sizes.json entry 8" in m for m in messages), messages
+
+
 def test_bad_fraction_ceiling_stops_the_run(tmp_path):
     write_bad_dataset(tmp_path / "bad")
     cfg = _cfg(tmp_path / "bad", num_workers=0, max_bad_fraction=0.05, bad_check_after=10)

@@ -74,6 +74,24 @@ def test_validate_judges_unusual_records_as_training_does(tmp_path, capsys):
         key: reason for key, _, reason in unusual_records() if reason is not None}
 
 
+def test_validate_reports_a_wrong_sizes_json(tmp_path, capsys):
+    from bad_shards import members, write_tar
+
+    write_tar(tmp_path / "a.tar", [(f"a{i}", members(seed=i)) for i in range(10)])
+    write_tar(tmp_path / "b.tar", [(f"b{i}", members(seed=i)) for i in range(3)])
+    (tmp_path / "sizes.json").write_text(json.dumps({"a.tar": 4, "b.tar": 3}))
+    assert main(["data", "validate", str(tmp_path), "--json"]) == 0
+    report = _json_out(capsys)
+    assert report["samples"] == 13 and report["sizes_mismatch"] == {
+        str(tmp_path / "a.tar"): {"sizes_json": 4, "records": 10}}
+    assert main(["data", "validate", str(tmp_path), "--strict"]) == 1
+    assert "sizes.json is wrong for" in capsys.readouterr().out
+    assert main(["data", "index", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["data", "validate", str(tmp_path), "--json", "--strict"]) == 0
+    assert _json_out(capsys)["sizes_mismatch"] == {}
+
+
 def test_validate_in_parallel_agrees(tmp_path, capsys):
     write_bad_dataset(tmp_path / "bad")
     main(["data", "validate", str(tmp_path / "bad"), "--json"])

@@ -53,6 +53,7 @@ __all__ = ["MaskConfig", "DataConfig", "BrushDataset", "BrushDataLoader", "BadDa
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
+_JOINT_CHECK_EVERY = 16  # batches between the ranks' joint checks of their bad-record counts
 
 
 # ------------------------------------------------------------------- config
@@ -436,25 +437,47 @@ class BrushDataLoader:
         while len(self._snapshots) > 16:
             self._snapshots.popitem(last=False)
 
-    def _check_bad_fraction(self) -> None:
-        bad = sum(v for k, v in self.counters.items() if k.startswith("bad/"))
-        seen = bad + self.counters["good"]
+    def _check_bad_fraction(self, counters: collections.Counter | None = None, where: str = "") -> None:
+        counters = self.counters if counters is None else counters
+        bad = sum(v for k, v in counters.items() if k.startswith("bad/"))
+        seen = bad + counters["good"]
         if seen >= self.cfg.bad_check_after and bad / seen > self.cfg.max_bad_fraction:
-            by_reason = {k[4:]: v for k, v in self.counters.items() if k.startswith("bad/") and v}
+            by_reason = {k[4:]: v for k, v in counters.items() if k.startswith("bad/") and v}
             raise BadDataError(
-                f"{bad} of {seen} records on rank {self.rank} were bad ({bad / seen:.1%}), above "
+                f"{bad} of {seen} records {where or f'on rank {self.rank}'} were bad ({bad / seen:.1%}), above "
                 f"data.max_bad_fraction={self.cfg.max_bad_fraction}: {by_reason}. The data is wrong, not noisy: "
                 f"check it with `brushtrain data validate` (or raise the ceiling)."
             )
 
-    def _check_any_readable(self) -> None:
+    def _check_any_readable(self, counters: collections.Counter | None = None, rank: int | None = None) -> None:
         """Not one good record on this rank, ever, and unreadable shards: the data cannot be reached."""
-        unreadable = self.counters["bad/unreadable_shard"] + self.counters["bad/truncated_tar"]
-        if self.counters["good"] == 0 and unreadable:
+        counters = self.counters if counters is None else counters
+        unreadable = counters["bad/unreadable_shard"] + counters["bad/truncated_tar"]
+        if counters["good"] == 0 and unreadable:
             raise BadDataError(
-                f"rank {self.rank} could not read any of its shards ({unreadable} unreadable or cut off, each tried "
-                f"{self.cfg.shard_retries + 1} time(s)); see the warnings above for each shard, and check them with "
-                f"`brushtrain data validate`")
+                f"rank {self.rank if rank is None else rank} could not read any of its shards ({unreadable} "
+                f"unreadable or cut off, each tried {self.cfg.shard_retries + 1} time(s)); see the warnings above for "
+                f"each shard, and check them with `brushtrain data validate`")
+
+    def _joint_checks(self, batch: int, total: int, exhausted: bool) -> None:
+        """Under several ranks, both checks look at every rank's counts, at the same batches on every rank (each
+        ``_JOINT_CHECK_EVERY``-th and the epoch's last): the ranks stop together, with one message. Checked alone,
+        one rank stopped while the others waited for it in the next collective; and a bad shard that happened to
+        open one rank's range stopped a run whose data were under the ceiling."""
+        if batch % _JOINT_CHECK_EVERY and batch < total:
+            return
+        ranks = self._gather({"rank": self.rank, "counters": dict(self.counters), "exhausted": exhausted})
+        summed: collections.Counter = collections.Counter()
+        for info in ranks:
+            summed.update(info["counters"])
+        try:
+            self._check_bad_fraction(summed, f"on all {len(ranks)} ranks" if len(ranks) > 1 else "")
+            for info in ranks:
+                if info["exhausted"]:
+                    self._check_any_readable(collections.Counter(info["counters"]), info["rank"])
+        except BadDataError as exc:
+            exc.rank_zero_only = len(ranks) > 1  # every rank raises it, at this batch
+            raise
 
     def _advance_epoch(self) -> None:
         self.epoch += 1
@@ -514,7 +537,10 @@ class BrushDataLoader:
                     state["done"] = True
                     continue
                 self.counters["good"] += len(item["key"])
-                self._check_bad_fraction()
+                if self.world_size == 1:
+                    self._check_bad_fraction()
+                else:
+                    self._joint_checks(self.progress["yielded"] + 1, total, exhausted=False)
                 self.progress["yielded"] += 1
                 self._finished = self.progress["yielded"] >= total
                 self._snapshot()
@@ -525,8 +551,11 @@ class BrushDataLoader:
             # BadDataError) must stop them itself, or the interpreter's exit, which terminates daemon workers by
             # SIGTERM and then joins them, waits forever while the traceback still holds this iterator.
             _shutdown(batches)
-        self._check_any_readable()
+        if self.world_size == 1:
+            self._check_any_readable()
         while self.progress["yielded"] < total:
+            if self.world_size > 1:
+                self._joint_checks(self.progress["yielded"] + 1, total, exhausted=True)
             self.progress["yielded"] += 1
             self.progress["pads"] += 1
             self.counters["pad_batches"] += 1

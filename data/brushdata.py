@@ -47,6 +47,7 @@ from data.shards import (
     shard_specs,
     split_segments,
 )
+from data.streams import is_url
 from data.transforms import make_example
 
 __all__ = ["MaskConfig", "DataConfig", "BrushDataset", "BrushDataLoader", "BadDataError", "pad_batch"]
@@ -454,10 +455,12 @@ class BrushDataLoader:
         counters = self.counters if counters is None else counters
         unreadable = counters["bad/unreadable_shard"] + counters["bad/truncated_tar"]
         if counters["good"] == 0 and unreadable:
+            tries = (f", each tried {self.cfg.shard_retries + 1} time(s)" if any(is_url(s) for s in self.shards)
+                     else "")  # local files are read once
             raise BadDataError(
                 f"rank {self.rank if rank is None else rank} could not read any of its shards ({unreadable} "
-                f"unreadable or cut off, each tried {self.cfg.shard_retries + 1} time(s)); see the warnings above for "
-                f"each shard, and check them with `brushtrain data validate`")
+                f"unreadable or cut off{tries}); see the warnings above for each shard, and check them with "
+                f"`brushtrain data validate`")
 
     def _joint_checks(self, batch: int, total: int, exhausted: bool) -> None:
         """Under several ranks, both checks look at every rank's counts, at the same batches on every rank (each

@@ -26,7 +26,7 @@ from PIL import Image, JpegImagePlugin
 
 from data.masks import RLEError, rle_check
 from data.shards import sample_key
-from data.streams import open_shard
+from data.streams import not_a_tar, open_shard
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,11 @@ def read_shard(shard: str, start: int = 0, end: int | None = None, retries: int 
             yield BadRecord(shard, "", 0, "unreadable_shard", str(exc))
         return
     offset, current = -1, None
-    cut = None
+    cut, head = None, b""
     try:
-        tar = tarfile.open(fileobj=io.BufferedReader(stream, 1 << 20), mode="r|")
+        buffered = io.BufferedReader(stream, 1 << 20)
+        head = buffered.peek(8)[:8]
+        tar = tarfile.open(fileobj=buffered, mode="r|")
         for info in tar:
             if not info.isreg():
                 continue
@@ -149,6 +151,7 @@ def read_shard(shard: str, start: int = 0, end: int | None = None, retries: int 
     except (tarfile.TarError, OSError, EOFError) as exc:
         cut = str(exc) or type(exc).__name__
         if offset < 0:  # nothing readable at all; reported once, by the reader of its first record
+            cut = not_a_tar(head) or cut
             stream.close()
             if start == 0:
                 yield BadRecord(shard, "", 0, "unreadable_shard", cut)

@@ -396,6 +396,24 @@ def test_an_unreadable_shard_is_counted_not_fatal(uneven_shards, tmp_path):
     assert loader.counters["bad/unreadable_shard"] == 1
 
 
+def test_a_compressed_shard_is_unreadable_with_the_reason(tmp_path, capsys):
+    """A .tar.gz renamed .tar (or given by name) was 'invalid header', and 'tried 4 times' though files are read
+    once."""
+    import gzip
+
+    from data.shards import UnreadableShardsError
+    from data.validate import validate_shards
+
+    plain = write_tar(tmp_path / "plain.tmp", [(f"r{i}", members(seed=i)) for i in range(3)]).read_bytes()
+    (tmp_path / "x.tar").write_bytes(gzip.compress(plain))
+    with pytest.raises(UnreadableShardsError) as info:
+        BrushDataLoader(_cfg(tmp_path / "x.tar", num_workers=0))
+    assert "gzip-compressed data, not a tar file" in str(info.value) and "tried" not in str(info.value)
+    report = validate_shards([str(tmp_path / "x.tar")])
+    assert report["bad"] == {"unreadable_shard": 1}
+    assert "gzip-compressed data, not a tar file" in report["bad_records"][0]["detail"]
+
+
 WORKERS_AFTER_THREADS = """
 import sys
 import threading

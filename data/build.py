@@ -2,7 +2,8 @@
 
 Both builders copy JPEG bytes as they are (other formats are re-encoded as
 JPEG; an EXIF orientation is set to 1 in the copy, since sizes and masks are
-taken of the stored pixels and training turns images as the reference does), encode each mask as BrushData run-length data, write size-capped shards
+taken of the stored pixels and training turns images as the reference does),
+encode each mask as BrushData run-length data, write size-capped shards
 atomically with a ``sizes.json``, and return a summary: records written,
 inputs skipped by reason, shards and bytes.
 """

@@ -108,19 +108,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("shards", nargs="+")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--samples", type=_at_least(1, int), default=8)
-    p.add_argument("--resolution", type=_at_least(1, int), default=None, help="crop size (default: --config's, else 256)")
+    p.add_argument("--resolution", type=_at_least(1, int), default=None,
+                   help="crop size (default: --config's, else 256)")
     p.add_argument("--mask-mode", type=parse_mask_mode, default=None, help=policy_help)
     p.add_argument("--config", metavar="YAML", help="a `brushtrain fit` config: use its data.mask and data.resolution")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("bench", help="samples/s of the training stream (last line: JSON)")
     p.add_argument("shards", nargs="+")
-    p.add_argument("--resolution", type=_at_least(1, int), default=None, help="crop size (default: --config's, else 512)")
+    p.add_argument("--resolution", type=_at_least(1, int), default=None,
+                   help="crop size (default: --config's, else 512)")
     p.add_argument("--mask-mode", type=parse_mask_mode, default=None, help=policy_help)
     p.add_argument("--config", metavar="YAML", help="a `brushtrain fit` config: use its data.mask and data.resolution")
     p.add_argument("--mask-stats", action="store_true",
                    help="add the hole statistics of the keep masks the stream yields to the JSON line ('masks')")
-    p.add_argument("--workers", type=_at_least(0, int), default=0, help="DataLoader worker processes (0: in this process)")
+    p.add_argument("--workers", type=_at_least(0, int), default=0,
+                   help="DataLoader worker processes (0: in this process)")
     p.add_argument("--batch-size", type=_at_least(1, int), default=8)
     p.add_argument("--samples", type=_at_least(1, int), default=500)
     _retry_arguments(p)

@@ -263,7 +263,8 @@ def parse_record(raw: RawRecord, require_segmentation: bool = True) -> Record:
                 arrays.append(np.asarray(rle))  # converted once: the crop samples the array (rle_sample)
                 rle_check(arrays[-1], height, width)
             except RLEError as exc:
-                raise BadSample("rle_out_of_bounds" if exc.out_of_bounds else "bad_segmentation", f"mask {i}: {exc}") from None
+                reason = "rle_out_of_bounds" if exc.out_of_bounds else "bad_segmentation"
+                raise BadSample(reason, f"mask {i}: {exc}") from None
             except (TypeError, ValueError) as exc:
                 raise BadSample("bad_segmentation", f"mask {i}: {exc}") from None
         masks = arrays

@@ -219,9 +219,9 @@ def test_masks_stay_aligned_with_exif_turned_images(tmp_path):
     """Phones store pixels sideways with an EXIF orientation. The reference decodes with cv2.imdecode(IMREAD_COLOR),
     which turns them upright, and applies height/width and the masks to that; so does the stream (before, it
     trained on the stored pixels: a 180-degree turn put every mask on the wrong part of the image)."""
-    from PIL import Image
+    import io
 
-    from data.masks import rle_encode
+    from PIL import Image
 
     records = []
     for orientation in range(1, 9):
@@ -229,7 +229,7 @@ def test_masks_stay_aligned_with_exif_turned_images(tmp_path):
         stored[4:20, 8:16] = 255  # a white box off every axis of symmetry
         exif = Image.Exif()
         exif[0x0112] = orientation
-        buf = __import__("io").BytesIO()
+        buf = io.BytesIO()
         Image.fromarray(stored).save(buf, format="JPEG", quality=100, exif=exif.tobytes())
         shown = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_COLOR)  # the reference's pixels
         h, w = shown.shape[:2]

@@ -192,7 +192,8 @@ def test_build_keeps_exif_turned_jpegs_aligned_with_their_masks(tmp_path, capsys
         exif[0x010F] = "a camera"
         Image.fromarray(stored).save(images / f"p{orientation}.jpg", quality=100, exif=exif.tobytes())
         Image.fromarray(stored[..., 0]).save(masks / f"p{orientation}.png")
-    assert main(["data", "build", "folder", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "o")]) == 0
+    assert main(["data", "build", "folder", "--images", str(images), "--masks", str(masks),
+                 "--out", str(tmp_path / "o")]) == 0
     summary = _json_out(capsys)
     assert summary["samples"] == 2 and summary["skipped"] == {"no_caption (written with an empty caption)": 2}
     for raw in read_shard(summary["shards"][0]):

@@ -160,7 +160,7 @@ def folder_items(root: str | Path, mask: str = "inside") -> list[BenchItem]:
 def shard_items(spec: str, mask: str = "inside", limit: int | None = None) -> list[BenchItem]:
     """The records of the shards (in order) that have a segmentation mask; decoded now (shards stream)."""
     from data.masks import rle_decode
-    from data.records import BadRecord, BadSample, parse_record, read_shard
+    from data.records import BadRecord, BadSample, decode_pixels, parse_record, read_shard
     from data.shards import expand_shards
 
     try:
@@ -176,11 +176,12 @@ def shard_items(spec: str, mask: str = "inside", limit: int | None = None) -> li
                 continue
             try:
                 record = parse_record(raw)
+                if not record.masks:
+                    continue
+                pixels, order = decode_pixels(record)  # as training decodes (EXIF orientation applied)
             except BadSample:
                 continue
-            if not record.masks:
-                continue
-            image = np.asarray(record.image.convert("RGB"))
+            image = np.ascontiguousarray(pixels if order == "RGB" else pixels[..., ::-1])
             obj = rle_decode(record.masks[0], record.height, record.width)
             hole = 1 - obj if mask == "outside" else obj
             items.append(BenchItem(record.key, f"{record.key}.png", record.caption,

@@ -47,12 +47,14 @@ from data.shards import (
     shard_specs,
     split_segments,
 )
+from data.streams import is_url
 from data.transforms import make_example
 
 __all__ = ["MaskConfig", "DataConfig", "BrushDataset", "BrushDataLoader", "BadDataError", "pad_batch"]
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
+_JOINT_CHECK_EVERY = 16  # batches between the ranks' joint checks of their bad-record counts
 
 
 # ------------------------------------------------------------------- config
@@ -174,7 +176,7 @@ class BrushDataset(IterableDataset):
     def _records(self, segments: list[Segment], read: _Counter) -> Iterator[RawRecord | BadRecord]:
         for seg in segments:
             for record in read_shard(self.shards[seg.shard], seg.start, seg.end, self.cfg.shard_retries,
-                                     self.cfg.shard_retry_delay):
+                                     self.cfg.shard_retry_delay, planned=self.sizes[seg.shard]):
                 read.n += 1
                 yield record
 
@@ -350,6 +352,13 @@ def _worker_context(method: str):
     return multiprocessing.get_context(method)
 
 
+def _shutdown(batches) -> None:
+    """Stop a DataLoader iterator's workers now (a no-op without workers, or when they already stopped)."""
+    stop = getattr(batches, "_shutdown_workers", None)
+    if stop is not None:
+        stop()
+
+
 # ------------------------------------------------------------------- loader
 
 
@@ -374,7 +383,9 @@ class BrushDataLoader:
         self.shards = expand_shards(cfg.shards)
         self.sizes = shard_sizes(self.shards, cfg.sizes_file, cfg.shard_retries, cfg.shard_retry_delay)
         if sum(self.sizes) == 0:
-            raise ValueError(f"the shards {shard_specs(cfg.shards)} hold no samples")
+            empty = BadDataError(f"the shards {shard_specs(cfg.shards)} hold no samples")
+            empty.rank_zero_only = True  # every rank counted the same shards
+            raise empty
         self.dataset = BrushDataset(cfg, self.shards, self.sizes)
         self._gather = gather or _default_gather
         self.counters: collections.Counter = collections.Counter()
@@ -427,25 +438,49 @@ class BrushDataLoader:
         while len(self._snapshots) > 16:
             self._snapshots.popitem(last=False)
 
-    def _check_bad_fraction(self) -> None:
-        bad = sum(v for k, v in self.counters.items() if k.startswith("bad/"))
-        seen = bad + self.counters["good"]
+    def _check_bad_fraction(self, counters: collections.Counter | None = None, where: str = "") -> None:
+        counters = self.counters if counters is None else counters
+        bad = sum(v for k, v in counters.items() if k.startswith("bad/"))
+        seen = bad + counters["good"]
         if seen >= self.cfg.bad_check_after and bad / seen > self.cfg.max_bad_fraction:
-            by_reason = {k[4:]: v for k, v in self.counters.items() if k.startswith("bad/") and v}
+            by_reason = {k[4:]: v for k, v in counters.items() if k.startswith("bad/") and v}
             raise BadDataError(
-                f"{bad} of {seen} records on rank {self.rank} were bad ({bad / seen:.1%}), above "
+                f"{bad} of {seen} records {where or f'on rank {self.rank}'} were bad ({bad / seen:.1%}), above "
                 f"data.max_bad_fraction={self.cfg.max_bad_fraction}: {by_reason}. The data is wrong, not noisy: "
                 f"check it with `brushtrain data validate` (or raise the ceiling)."
             )
 
-    def _check_any_readable(self) -> None:
+    def _check_any_readable(self, counters: collections.Counter | None = None, rank: int | None = None) -> None:
         """Not one good record on this rank, ever, and unreadable shards: the data cannot be reached."""
-        unreadable = self.counters["bad/unreadable_shard"] + self.counters["bad/truncated_tar"]
-        if self.counters["good"] == 0 and unreadable:
+        counters = self.counters if counters is None else counters
+        unreadable = counters["bad/unreadable_shard"] + counters["bad/truncated_tar"]
+        if counters["good"] == 0 and unreadable:
+            tries = (f", each tried {self.cfg.shard_retries + 1} time(s)" if any(is_url(s) for s in self.shards)
+                     else "")  # local files are read once
             raise BadDataError(
-                f"rank {self.rank} could not read any of its shards ({unreadable} unreadable or cut off, each tried "
-                f"{self.cfg.shard_retries + 1} time(s)); see the warnings above for each shard, and check them with "
+                f"rank {self.rank if rank is None else rank} could not read any of its shards ({unreadable} "
+                f"unreadable or cut off{tries}); see the warnings above for each shard, and check them with "
                 f"`brushtrain data validate`")
+
+    def _joint_checks(self, batch: int, total: int, exhausted: bool) -> None:
+        """Under several ranks, both checks look at every rank's counts, at the same batches on every rank (each
+        ``_JOINT_CHECK_EVERY``-th and the epoch's last): the ranks stop together, with one message. Checked alone,
+        one rank stopped while the others waited for it in the next collective; and a bad shard that happened to
+        open one rank's range stopped a run whose data were under the ceiling."""
+        if batch % _JOINT_CHECK_EVERY and batch < total:
+            return
+        ranks = self._gather({"rank": self.rank, "counters": dict(self.counters), "exhausted": exhausted})
+        summed: collections.Counter = collections.Counter()
+        for info in ranks:
+            summed.update(info["counters"])
+        try:
+            self._check_bad_fraction(summed, f"on all {len(ranks)} ranks" if len(ranks) > 1 else "")
+            for info in ranks:
+                if info["exhausted"]:
+                    self._check_any_readable(collections.Counter(info["counters"]), info["rank"])
+        except BadDataError as exc:
+            exc.rank_zero_only = len(ranks) > 1  # every rank raises it, at this batch
+            raise
 
     def _advance_epoch(self) -> None:
         self.epoch += 1
@@ -491,27 +526,39 @@ class BrushDataLoader:
         template = None
         with _job_signals_blocked():  # the workers it starts (by fork or spawn) are born blocking the job signals
             batches = iter(loader)
-        for item in batches:
-            meta = item.pop("__meta__")
-            slot = meta["slot"]
-            state = self.progress["slots"].setdefault(slot, {"emitted": 0, "read": 0})
-            state["emitted"] = max(state["emitted"], meta["emitted"])
-            state["read"] = max(state["read"], meta["read"])
-            self.progress["last_slot"] = slot
-            for reason, n in meta["bad"].items():
-                self.counters[f"bad/{reason}"] += n
-            if meta["marker"]:
-                state["done"] = True
-                continue
-            self.counters["good"] += len(item["key"])
-            self._check_bad_fraction()
-            self.progress["yielded"] += 1
-            self._finished = self.progress["yielded"] >= total
-            self._snapshot()
-            template = item
-            yield item
-        self._check_any_readable()
+        try:
+            for item in batches:
+                meta = item.pop("__meta__")
+                slot = meta["slot"]
+                state = self.progress["slots"].setdefault(slot, {"emitted": 0, "read": 0})
+                state["emitted"] = max(state["emitted"], meta["emitted"])
+                state["read"] = max(state["read"], meta["read"])
+                self.progress["last_slot"] = slot
+                for reason, n in meta["bad"].items():
+                    self.counters[f"bad/{reason}"] += n
+                if meta["marker"]:
+                    state["done"] = True
+                    continue
+                self.counters["good"] += len(item["key"])
+                if self.world_size == 1:
+                    self._check_bad_fraction()
+                else:
+                    self._joint_checks(self.progress["yielded"] + 1, total, exhausted=False)
+                self.progress["yielded"] += 1
+                self._finished = self.progress["yielded"] >= total
+                self._snapshot()
+                template = item
+                yield item
+        finally:
+            # Workers ignore SIGTERM (the job signals, above): an iteration that ends in an exception (a worker's,
+            # BadDataError) must stop them itself, or the interpreter's exit, which terminates daemon workers by
+            # SIGTERM and then joins them, waits forever while the traceback still holds this iterator.
+            _shutdown(batches)
+        if self.world_size == 1:
+            self._check_any_readable()
         while self.progress["yielded"] < total:
+            if self.world_size > 1:
+                self._joint_checks(self.progress["yielded"] + 1, total, exhausted=True)
             self.progress["yielded"] += 1
             self.progress["pads"] += 1
             self.counters["pad_batches"] += 1

@@ -1,7 +1,9 @@
 """Building BrushData shards from COCO annotations or from a folder of images, masks and captions.
 
 Both builders copy JPEG bytes as they are (other formats are re-encoded as
-JPEG), encode each mask as BrushData run-length data, write size-capped shards
+JPEG; an EXIF orientation is set to 1 in the copy, since sizes and masks are
+taken of the stored pixels and training turns images as the reference does),
+encode each mask as BrushData run-length data, write size-capped shards
 atomically with a ``sizes.json``, and return a summary: records written,
 inputs skipped by reason, shards and bytes.
 """
@@ -17,22 +19,65 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
+from data.records import exif_orientation
 from data.writer import ShardWriter, brushdata_members, encode_jpeg
 
 __all__ = ["build_from_coco", "build_from_folder", "IMAGE_SUFFIXES"]
 
 log = logging.getLogger(__name__)
+# What reading an input image can raise: damaged or unknown data, and PIL's refusal of images over 179 M pixels
+_UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def _jpeg_and_size(path: Path) -> tuple[bytes, int, int]:
+    """The record's JPEG bytes and (height, width) of its stored pixels, which the masks describe."""
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as im:
         im.load()
         if im.format == "JPEG" and im.mode in ("RGB", "L"):
+            if exif_orientation(im) != 1:
+                # Training decodes as the reference does, turning the image by its EXIF orientation; the masks
+                # and sizes here are of the stored pixels, so the copy says "upright" (the pixel data unchanged).
+                upright = _upright(data)
+                if upright is None:
+                    return encode_jpeg(np.asarray(im.convert("RGB")), quality=95), im.height, im.width
+                data = upright
             return data, im.height, im.width
         rgb = np.asarray(im.convert("RGB"))
     return encode_jpeg(rgb, quality=95), rgb.shape[0], rgb.shape[1]
+
+
+def _upright(data: bytes) -> bytes | None:
+    """The JPEG with the orientation tag of its EXIF data set to 1 (in place: nothing else changes), or None when
+    the tag cannot be found where the format puts it (the first IFD of the APP1 Exif segment)."""
+    out = bytearray(data)
+    pos = 2  # after SOI
+    while pos + 4 <= len(out) and out[pos] == 0xFF:
+        marker, length = out[pos + 1], int.from_bytes(out[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:  # start of scan: no more headers
+            return None
+        body = pos + 4
+        if marker == 0xE1 and out[body : body + 6] == b"Exif\0\0":
+            tiff = body + 6
+            order = {b"II": "little", b"MM": "big"}.get(bytes(out[tiff : tiff + 2]))
+            if order is None:
+                return None
+            ifd = tiff + int.from_bytes(out[tiff + 4 : tiff + 8], order)
+            if ifd + 2 > pos + 2 + length:
+                return None
+            for i in range(int.from_bytes(out[ifd : ifd + 2], order)):
+                entry = ifd + 2 + 12 * i
+                if entry + 12 > pos + 2 + length:
+                    return None
+                if int.from_bytes(out[entry : entry + 2], order) == 0x0112:
+                    if int.from_bytes(out[entry + 2 : entry + 4], order) != 3:  # SHORT, as the standard says
+                        return None
+                    out[entry + 8 : entry + 10] = (1).to_bytes(2, order)
+                    return bytes(out)
+            return None
+        pos += 2 + length
+    return None
 
 
 def _summary(writer: ShardWriter, skipped: collections.Counter) -> dict:
@@ -70,7 +115,7 @@ def build_from_coco(
             path = images_dir / info["file_name"]
             try:
                 jpeg, height, width = _jpeg_and_size(path)
-            except (OSError, ValueError) as exc:
+            except _UNREADABLE as exc:
                 skipped["unreadable_image"] += 1
                 log.warning("skipping COCO image %s (%s): %s", image_id, path, exc)
                 continue
@@ -123,25 +168,35 @@ def build_from_folder(
         for index, path in enumerate(paths):
             try:
                 jpeg, height, width = _jpeg_and_size(path)
-            except (OSError, ValueError) as exc:
+            except _UNREADABLE as exc:
                 skipped["unreadable_image"] += 1
                 log.warning("skipping %s: %s", path, exc)
                 continue
             masks = []
-            bad_mask = False
+            bad_mask = None
             for mask_path in _mask_files(path.stem, masks_dir) if masks_dir else []:
-                with Image.open(mask_path) as m:
-                    arr = np.asarray(m.convert("L"))
+                try:
+                    with Image.open(mask_path) as m:
+                        arr = np.asarray(m.convert("L"))
+                except _UNREADABLE as exc:
+                    log.warning("skipping %s: mask %s cannot be read: %s", path, mask_path, exc)
+                    bad_mask = "unreadable_mask"
+                    break
                 if arr.shape != (height, width):
                     log.warning("skipping %s: mask %s is %s, image is %s", path, mask_path, arr.shape, (height, width))
-                    bad_mask = True
+                    bad_mask = "mask_size_mismatch"
                     break
                 masks.append(arr > 127)
             if bad_mask:
-                skipped["mask_size_mismatch"] += 1
+                skipped[bad_mask] += 1
                 continue
             caption_path = captions_dir / f"{path.stem}.txt"
-            caption = caption_path.read_text(encoding="utf-8").strip() if caption_path.is_file() else ""
+            try:
+                caption = caption_path.read_text(encoding="utf-8").strip() if caption_path.is_file() else ""
+            except UnicodeDecodeError as exc:
+                skipped["caption_not_utf8"] += 1
+                log.warning("skipping %s: caption %s is not UTF-8 (%s)", path, caption_path, exc)
+                continue
             if not caption_path.is_file():
                 skipped["no_caption (written with an empty caption)"] += 1
             key = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem) + f"_{index:07d}"

@@ -67,11 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("synth", help="write synthetic shards (shapes with exact masks and captions)")
     p.add_argument("out", help="output folder")
-    p.add_argument("--samples", type=int, default=1000)
-    p.add_argument("--per-shard", type=int, default=100)
+    p.add_argument("--samples", type=_at_least(0, int), default=1000)
+    p.add_argument("--per-shard", type=_at_least(1, int), default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-size", type=int, default=64, help="smallest image side (pixels)")
-    p.add_argument("--max-size", type=int, default=128, help="largest image side (pixels)")
+    p.add_argument("--min-size", type=_at_least(1, int), default=64, help="smallest image side (pixels)")
+    p.add_argument("--max-size", type=_at_least(1, int), default=128, help="largest image side (pixels)")
     p.add_argument("--size", type=parse_hw, default=None, metavar="HxW",
                    help="every image this size, e.g. 1024x1366 (height x width); overrides --min/--max-size")
     p.add_argument("--prefix", default="synth")
@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     folder.add_argument("--captions", help="folder of STEM.txt captions (default: the images folder)")
     for q in (coco, folder):
         q.add_argument("--out", required=True, help="output folder")
-        q.add_argument("--max-samples", type=int, default=1000, help="records per shard")
+        q.add_argument("--max-samples", type=_at_least(1, int), default=1000, help="records per shard")
         q.add_argument("--max-bytes", type=parse_bytes, help="bytes per shard (e.g. 1GB)")
         q.add_argument("--prefix", default=None, help="shard file prefix")
 
@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("shards", nargs="+")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--strict", action="store_true", help="exit non-zero on any bad record")
-    p.add_argument("--workers", type=int, default=1, help="processes scanning shards in parallel")
+    p.add_argument("--workers", type=_at_least(0, int), default=1, help="processes scanning shards in parallel")
     _retry_arguments(p)
 
     policy_help = ("the mask policy: mask source or mix (segmentation, brush, box, border, or e.g. "
@@ -107,22 +107,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("preview", help="render image | mask | masked image | caption for a few samples")
     p.add_argument("shards", nargs="+")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--resolution", type=int, default=None, help="crop size (default: --config's, else 256)")
+    p.add_argument("--samples", type=_at_least(1, int), default=8)
+    p.add_argument("--resolution", type=_at_least(1, int), default=None,
+                   help="crop size (default: --config's, else 256)")
     p.add_argument("--mask-mode", type=parse_mask_mode, default=None, help=policy_help)
     p.add_argument("--config", metavar="YAML", help="a `brushtrain fit` config: use its data.mask and data.resolution")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("bench", help="samples/s of the training stream (last line: JSON)")
     p.add_argument("shards", nargs="+")
-    p.add_argument("--resolution", type=int, default=None, help="crop size (default: --config's, else 512)")
+    p.add_argument("--resolution", type=_at_least(1, int), default=None,
+                   help="crop size (default: --config's, else 512)")
     p.add_argument("--mask-mode", type=parse_mask_mode, default=None, help=policy_help)
     p.add_argument("--config", metavar="YAML", help="a `brushtrain fit` config: use its data.mask and data.resolution")
     p.add_argument("--mask-stats", action="store_true",
                    help="add the hole statistics of the keep masks the stream yields to the JSON line ('masks')")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: in this process)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--workers", type=_at_least(0, int), default=0,
+                   help="DataLoader worker processes (0: in this process)")
+    p.add_argument("--batch-size", type=_at_least(1, int), default=8)
+    p.add_argument("--samples", type=_at_least(1, int), default=500)
     _retry_arguments(p)
 
     p = sub.add_parser("index", help="count records per shard and write sizes.json beside local shards")
@@ -177,20 +180,43 @@ def _data_config(args, default_resolution: int, **overrides):
         mask = OmegaConf.merge(mask, {name: float(args.mask_mode.get(name, 0.0)) for name in MASK_SOURCES})
     if args.resolution is not None:
         resolution = args.resolution
-    return DataConfig(shards=list(args.shards), resolution=resolution, mask=MaskConfig(**OmegaConf.to_container(mask)),
-                      **overrides)
+    where = " and ".join(n for n, given in ((f"--config {args.config}", args.config), ("--mask-mode", args.mask_mode))
+                         if given) or "the defaults"
+    if resolution < 1:
+        raise ToolConfigError(f"{where}: data.resolution must be >= 1, got {resolution}")
+    mask = MaskConfig(**OmegaConf.to_container(mask))
+    try:
+        mask.policy()  # checks the weights and probabilities
+    except ValueError as exc:
+        raise ToolConfigError(f"{where}: {exc}") from None
+    return DataConfig(shards=list(args.shards), resolution=resolution, mask=mask, **overrides)
+
+
+class ToolIOError(UserError, OSError):
+    """A file the tool cannot read or write (permissions, a folder where a file should be, a full disk)."""
+
+    exit_code = 1
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return {"synth": _synth, "build": _build, "validate": _validate, "preview": _preview,
-            "bench": _bench, "index": _index}[args.data_command](args)
+    tool = {"synth": _synth, "build": _build, "validate": _validate, "preview": _preview,
+            "bench": _bench, "index": _index}[args.data_command]
+    try:
+        return tool(args)
+    except (FileNotFoundError, FileExistsError, UserError):
+        raise  # one line already
+    except OSError as exc:
+        raise ToolIOError(str(exc)) from None
 
 
 def _synth(args) -> int:
     from data.synth import write_synthetic_shards
+
+    if args.size is None and args.min_size > args.max_size:
+        raise ToolConfigError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
 
     writer = write_synthetic_shards(args.out, args.samples, args.per_shard, args.seed, args.min_size, args.max_size,
                                     args.prefix, size=args.size)
@@ -232,7 +258,10 @@ def _validate(args) -> int:
         for name in ("height", "width", "masks_per_sample", "image_bytes"):
             if report[name]:
                 print(f"  {name}: {report[name]}")
-    return 1 if args.strict and report["bad_total"] else 0
+        for shard, n in report["sizes_mismatch"].items():
+            print(f"  sizes.json is wrong for {shard}: {n['sizes_json']} records listed, {n['records']} in the shard "
+                  f"(training plans the listed number; run `brushtrain data index`)")
+    return 1 if args.strict and (report["bad_total"] or report["sizes_mismatch"]) else 0
 
 
 def _preview(args) -> int:

@@ -54,29 +54,50 @@ MASK_SPACES = ("original", "crop")
 
 
 class RLEError(UserError, ValueError):
-    """Run-length data that does not describe a mask of the stated size."""
+    """Run-length data that does not describe a mask of the stated size; ``out_of_bounds``: its runs reach
+    outside the mask (a start below 1, a negative length, past the last pixel), else it is malformed."""
+
+    def __init__(self, message: str, out_of_bounds: bool = False):
+        super().__init__(message)
+        self.out_of_bounds = out_of_bounds
+
+
+# Past any mask's last pixel, and small enough that a start plus a length stays inside int64: values beyond it
+# (JSON allows any integer, and 1e400 is infinity) are clipped to it before any arithmetic, so none wraps around.
+_RLE_LIMIT = 2**62
 
 
 def _runs(rle: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(1-based starts, lengths) as int64, magnitudes above ``_RLE_LIMIT`` clipped to it."""
     arr = np.asarray(rle)
     if arr.ndim != 1 or arr.size % 2:
         raise RLEError(f"run-length data must be a flat list of (start, length) pairs, got {arr.size} values")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.issubdtype(arr.dtype, np.floating) or not np.all(arr == np.round(arr)):
+    if arr.size and arr.dtype == object and all(type(v) is int for v in arr.tolist()):  # integers past 64 bits
+        arr = np.array([min(max(v, -_RLE_LIMIT), _RLE_LIMIT) for v in arr.tolist()], np.int64)
+    elif arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if (not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all()
+                or not np.all(arr == np.round(arr))):
             raise RLEError("run-length values must be integers")
+        arr = np.clip(arr, -_RLE_LIMIT, _RLE_LIMIT)
+    elif np.issubdtype(arr.dtype, np.unsignedinteger):
+        arr = np.minimum(arr, _RLE_LIMIT)
+    else:
+        arr = np.clip(arr, -_RLE_LIMIT, _RLE_LIMIT)
     arr = arr.astype(np.int64, copy=False)
-    return arr[0::2] - 1, arr[1::2]
+    return arr[0::2], arr[1::2]
 
 
 def rle_check(rle: Sequence[int] | np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(0-based starts, lengths) after checking every run lies inside an HxW mask."""
     starts, lengths = _runs(rle)
     if starts.size:
-        if starts.min() < 0 or lengths.min() < 0:
-            raise RLEError("run-length data has a start below 1 or a negative length")
+        if starts.min() < 1 or lengths.min() < 0:
+            raise RLEError("run-length data has a start below 1 or a negative length", out_of_bounds=True)
+        starts = starts - 1
         end = int((starts + lengths).max())
         if end > height * width:
-            raise RLEError(f"run-length data reaches pixel {end} of a {height}x{width} mask ({height * width} pixels)")
+            raise RLEError(f"run-length data reaches pixel {end} of a {height}x{width} mask ({height * width} pixels)",
+                           out_of_bounds=True)
     return starts, lengths
 
 
@@ -255,10 +276,15 @@ def brush_strokes(
 _SHIFT = 4  # cv2 drawing with 1/16-pixel precision
 
 
+_MAX_THICKNESS = 32767  # OpenCV's limit for a line's thickness
+
+
 def draw_strokes(strokes: Sequence[np.ndarray], stroke_width: float, shape: tuple[int, int]) -> np.ndarray:
     """Rasterise polylines (crop pixel coordinates) ``stroke_width`` wide with round caps at the vertices."""
     canvas = np.zeros(shape, np.uint8)
     thickness = max(1, int(round(stroke_width)))
+    if thickness > _MAX_THICKNESS:
+        return _draw_wide_strokes(canvas, strokes, thickness / 2)
     radius = int(round(stroke_width / 2 * (1 << _SHIFT)))
     for pts in strokes:
         fixed = np.round(pts * (1 << _SHIFT)).astype(np.int64)
@@ -269,6 +295,25 @@ def draw_strokes(strokes: Sequence[np.ndarray], stroke_width: float, shape: tupl
             cv2.polylines(canvas, [fixed], isClosed=False, color=1, thickness=thickness, shift=_SHIFT)
         for px, py in fixed:
             cv2.circle(canvas, (int(px), int(py)), radius, 1, thickness=-1, shift=_SHIFT)
+    return canvas
+
+
+def _draw_wide_strokes(canvas: np.ndarray, strokes: Sequence[np.ndarray], radius: float) -> np.ndarray:
+    """Strokes wider than OpenCV draws (a 128 px brush on a 1-2 px image, scaled to the crop): every pixel
+    within ``radius`` of a polyline (its vertices included), by distance, a row of the canvas at a time."""
+    height, width = canvas.shape
+    xs = np.arange(width, dtype=np.float64)
+    for pts in strokes:
+        pts = np.asarray(pts, np.float64)
+        pairs = [(pts[0], pts[0])] if len(pts) == 1 else list(zip(pts[:-1], pts[1:]))
+        for (ax, ay), (bx, by) in pairs:
+            dx, dy = bx - ax, by - ay
+            length2 = dx * dx + dy * dy
+            for y in range(height):
+                px, py = xs - ax, y - ay
+                t = np.clip((px * dx + py * dy) / length2, 0, 1) if length2 else 0.0
+                inside = (px - t * dx) ** 2 + (py - t * dy) ** 2 <= radius * radius
+                canvas[y, inside] = 1
     return canvas
 
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from data.brushdata import BrushDataLoader, DataConfig
+from data.brushdata import BadDataError, BrushDataLoader, DataConfig
 
 __all__ = ["preview_grid", "caption_strip"]
 
@@ -43,9 +43,10 @@ def preview_grid(cfg: DataConfig, out: str | Path, samples: int = 8) -> Path:
         if len(rows) == samples:
             break
     if not rows:
-        raise ValueError("no good samples to preview")
+        raise BadDataError(f"no good samples to preview in {cfg.shards}: {dict(loader.counters)}")
     grid = np.concatenate(rows, axis=0)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(out)
+    known = out.suffix.lower() in Image.registered_extensions()
+    Image.fromarray(grid).save(out, format=None if known else "PNG")  # PNG unless the name says otherwise
     return out

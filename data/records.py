@@ -22,11 +22,11 @@ from typing import Iterator
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from data.masks import RLEError, rle_check
 from data.shards import sample_key
-from data.streams import open_shard
+from data.streams import not_a_tar, open_shard
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ __all__ = [
     "decode_image",
     "decode_pixels",
     "jpeg_decoder",
+    "exif_orientation",
 ]
 
 MEMBERS = ("image", "caption", "height", "width", "segmentation")
@@ -61,6 +62,7 @@ REASONS = {
 }
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+MAX_PIXELS = 1 << 30  # OpenCV's default limit (CV_IO_MAX_IMAGE_PIXELS): the reference cannot decode larger images
 
 
 class BadSample(Exception):
@@ -93,8 +95,11 @@ class BadRecord:
 
 
 def read_shard(shard: str, start: int = 0, end: int | None = None, retries: int = 0,
-               retry_delay: float = 1.0) -> Iterator[RawRecord | BadRecord]:
+               retry_delay: float = 1.0, planned: int | None = None) -> Iterator[RawRecord | BadRecord]:
     """Records ``start <= offset < end`` of one shard, in tar order.
+
+    ``planned``: the shard's record count in the plan (``sizes.json``); the reader of its last records
+    (``end == planned``) warns when the shard holds more (those are never read) or fewer.
 
     Members of records outside the range are skipped without being kept. A tar
     that was cut (an error inside a member, or no end-of-archive marker) yields
@@ -110,9 +115,11 @@ def read_shard(shard: str, start: int = 0, end: int | None = None, retries: int 
             yield BadRecord(shard, "", 0, "unreadable_shard", str(exc))
         return
     offset, current = -1, None
-    cut = None
+    cut, head = None, b""
     try:
-        tar = tarfile.open(fileobj=io.BufferedReader(stream, 1 << 20), mode="r|")
+        buffered = io.BufferedReader(stream, 1 << 20)
+        head = buffered.peek(8)[:8]
+        tar = tarfile.open(fileobj=buffered, mode="r|")
         for info in tar:
             if not info.isreg():
                 continue
@@ -122,6 +129,10 @@ def read_shard(shard: str, start: int = 0, end: int | None = None, retries: int 
                     yield current
                 offset += 1
                 if end is not None and offset >= end:
+                    if end == planned:
+                        log.warning("shard %s holds more than the %d records its sizes.json entry gives it: the "
+                                    "records after the %d-th are never read (run `brushtrain data index` on "
+                                    "its folder)", shard, planned, planned)
                     current = None
                     break
                 current = RawRecord(shard, key, offset)
@@ -134,9 +145,13 @@ def read_shard(shard: str, start: int = 0, end: int | None = None, retries: int 
             stream.drain()
             if len(stream.tail) < 1024 or any(stream.tail):
                 cut = "no end-of-archive marker: the file was cut at a header or member boundary"
+            elif end is not None and end == planned and offset + 1 < planned:
+                log.warning("shard %s holds %d records, its sizes.json entry %d (run `brushtrain data index` on its "
+                            "folder)", shard, offset + 1, planned)
     except (tarfile.TarError, OSError, EOFError) as exc:
         cut = str(exc) or type(exc).__name__
         if offset < 0:  # nothing readable at all; reported once, by the reader of its first record
+            cut = not_a_tar(head) or cut
             stream.close()
             if start == 0:
                 yield BadRecord(shard, "", 0, "unreadable_shard", cut)
@@ -169,6 +184,26 @@ class Record:
     width: int
     caption: str
     masks: list  # run-length data, one 1-D array per mask, all checked against (height, width)
+    orientation: int = 1  # the JPEG's EXIF orientation (1-8), applied when decoding; height/width are after it
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) that OpenCV's imdecode applies, as the reference decodes; 1 when absent."""
+    if "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF data: OpenCV applies nothing either
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored pixels -> as displayed, OpenCV's ExifTransform step for step (so the pixels are the reference's)."""
+    if orientation >= 5:
+        pixels = cv2.transpose(pixels)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return pixels if flip is None else cv2.flip(pixels, flip)
 
 
 def _positive_int(data: bytes, name: str) -> int:
@@ -193,14 +228,20 @@ def parse_record(raw: RawRecord, require_segmentation: bool = True) -> Record:
     if not data.startswith(_JPEG_MAGIC):
         raise BadSample("not_jpeg", f"starts with {data[:4].hex()}")
     try:
-        image = Image.open(io.BytesIO(data))
+        # The JPEG reader itself, not Image.open: that one turns a camera's multi-picture JPEG (MPO: the primary
+        # image, then more) into format "MPO", and refuses images over 179 M pixels as decompression bombs, where
+        # the decoders (and the reference's cv2.imdecode) read the primary image and only the header is read here.
+        image = JpegImagePlugin.JpegImageFile(io.BytesIO(data))
         size = image.size
     except Exception as exc:
-        raise BadSample("bad_image", str(exc)) from None
-    if image.format != "JPEG":
-        raise BadSample("not_jpeg", f"decoded as {image.format}")
-    if size != (width, height):
-        raise BadSample("size_mismatch", f"members say {height}x{width}, image is {size[1]}x{size[0]}")
+        raise BadSample("bad_image", f"unreadable JPEG header: {exc}") from None
+    if size[0] * size[1] > MAX_PIXELS:
+        raise BadSample("bad_image", f"{size[1]}x{size[0]} is more than {MAX_PIXELS} pixels (OpenCV's limit)")
+    orientation = exif_orientation(image)
+    shown = size[::-1] if orientation >= 5 else size  # (w, h) as displayed: EXIF orientations 5-8 transpose
+    if shown != (width, height):
+        turned = f" after its EXIF orientation {orientation} (stored {size[1]}x{size[0]})" if orientation != 1 else ""
+        raise BadSample("size_mismatch", f"members say {height}x{width}, image is {shown[1]}x{shown[0]}{turned}")
 
     try:
         caption = raw.members["caption"].decode("utf-8").strip()
@@ -214,7 +255,7 @@ def parse_record(raw: RawRecord, require_segmentation: bool = True) -> Record:
             masks = seg["mask"]
             if not isinstance(masks, list) or not all(isinstance(m, list) for m in masks):
                 raise TypeError("'mask' must be a list of lists")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nesting too deep for json
             raise BadSample("bad_segmentation", str(exc)[:200]) from None
         arrays = []
         for i, rle in enumerate(masks):
@@ -222,12 +263,12 @@ def parse_record(raw: RawRecord, require_segmentation: bool = True) -> Record:
                 arrays.append(np.asarray(rle))  # converted once: the crop samples the array (rle_sample)
                 rle_check(arrays[-1], height, width)
             except RLEError as exc:
-                reason = "rle_out_of_bounds" if "reaches pixel" in str(exc) or "below 1" in str(exc) else "bad_segmentation"
+                reason = "rle_out_of_bounds" if exc.out_of_bounds else "bad_segmentation"
                 raise BadSample(reason, f"mask {i}: {exc}") from None
             except (TypeError, ValueError) as exc:
                 raise BadSample("bad_segmentation", f"mask {i}: {exc}") from None
         masks = arrays
-    return Record(raw.shard, raw.key, raw.offset, image, data, height, width, caption, masks)
+    return Record(raw.shard, raw.key, raw.offset, image, data, height, width, caption, masks, orientation)
 
 
 try:  # libjpeg-turbo 3 with its SIMD paths, decoding straight into RGB (optional: OpenCV otherwise)
@@ -268,29 +309,34 @@ def decode_pixels(record: Record, min_size: tuple[int, int] | None = None) -> tu
     give the same pixels (tests/test_decode.py; an OpenCV built against IJG
     libjpeg instead, as some conda or system builds are, scales differently:
     the stream stays valid, but its batches are not bit-identical to those of a
-    machine with simplejpeg). EXIF orientation is ignored (height/width and the
-    masks describe the stored pixels). Data that cannot be decoded completely
-    (truncated, corrupt) raises :class:`BadSample` ('bad_image').
+    machine with simplejpeg). The EXIF orientation is applied, as the reference's
+    ``cv2.imdecode(..., IMREAD_COLOR)`` does: the pixels are the image as
+    displayed, which height/width and the masks describe. Data that cannot be
+    decoded completely (truncated, corrupt) raises :class:`BadSample` ('bad_image').
     """
-    factor = _scale_factor(record.width, record.height, min_size)
+    turned = record.orientation >= 5
+    width, height = (record.height, record.width) if turned else (record.width, record.height)  # as stored
+    if min_size is not None and turned:
+        min_size = (min_size[1], min_size[0])
+    factor = _scale_factor(width, height, min_size)
     if _simplejpeg is not None:
         try:
             # the smallest libjpeg scale >= (h/k, w/k) is 1/k itself
-            pixels = _simplejpeg.decode_jpeg(record.data, "RGB", min_height=math.ceil(record.height / factor),
-                                             min_width=math.ceil(record.width / factor))
+            pixels = _simplejpeg.decode_jpeg(record.data, "RGB", min_height=math.ceil(height / factor),
+                                             min_width=math.ceil(width / factor))
         except ValueError:
             pass  # OpenCV decides, as before simplejpeg was used: the same images are accepted and refused
         else:
             if pixels.ndim == 3 and pixels.shape[2] == 3:
-                return pixels, "RGB"
-    flags = _REDUCED[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+                return _orient(pixels, record.orientation), "RGB"
+    flags = _REDUCED[factor] | cv2.IMREAD_IGNORE_ORIENTATION  # applied below, after the reduced-scale decode
     try:
         pixels = cv2.imdecode(np.frombuffer(record.data, np.uint8), flags)
     except cv2.error as exc:
         raise BadSample("bad_image", str(exc).strip().splitlines()[-1]) from None
     if pixels is None or pixels.ndim != 3:
         raise BadSample("bad_image", "the JPEG data is truncated or cannot be decoded")
-    return pixels, "BGR"
+    return _orient(pixels, record.orientation), "BGR"
 
 
 def decode_image(record: Record, min_size: tuple[int, int] | None = None) -> np.ndarray:

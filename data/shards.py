@@ -19,6 +19,7 @@ part of a shard and no sample belongs to two slots.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from common.errors import UserError
-from data.streams import ShardReadError, is_url, open_shard
+from data.streams import ShardReadError, is_url, not_a_tar, open_shard
 
 __all__ = [
     "ShardSpecError",
@@ -111,12 +112,15 @@ def count_samples(shard: str, retries: int = 0, retry_delay: float = 1.0) -> int
     raises :class:`ShardReadError` (remote shards are retried first, see
     :class:`data.streams.ShardStream`).
     """
-    keys, last, stream = 0, None, None
+    keys, last, stream, head = 0, None, None, b""
     try:
         if is_url(shard):
-            stream = open_shard(shard, retries, retry_delay)
-            tar = tarfile.open(fileobj=stream, mode="r|*")
+            stream = io.BufferedReader(open_shard(shard, retries, retry_delay), 1 << 16)
+            head = stream.peek(8)[:8]
+            tar = tarfile.open(fileobj=stream, mode="r|")  # as the reader opens it: plain tar only
         else:
+            with open(shard, "rb") as f:
+                head = f.read(8)
             tar = tarfile.open(shard, mode="r:")  # random access: seeks over member data
         with tar:
             for info in tar:
@@ -126,7 +130,7 @@ def count_samples(shard: str, retries: int = 0, retry_delay: float = 1.0) -> int
                         keys, last = keys + 1, key
     except (tarfile.TarError, OSError, EOFError) as exc:  # truncated: count what is there
         if keys == 0:
-            raise ShardReadError(f"{shard}: {exc}") from None
+            raise ShardReadError(f"{shard}: {not_a_tar(head) or exc}") from None
         log.warning("shard %s is damaged after %d samples (%s); counting those", shard, keys, exc)
     finally:
         if stream is not None:
@@ -181,8 +185,8 @@ def shard_sizes(shards: Sequence[str], sizes_file: str | None = None, retries: i
     if counted:
         log.info("counted samples of %d shard(s) without a %s entry", counted, SIZES_FILE)
     if unreadable and len(unreadable) == len(shards):
-        raise UnreadableShardsError(
-            f"none of the {len(shards)} shard(s) could be read (each tried {retries + 1} time(s)); first: {unreadable[0]}")
+        tries = f" (each tried {retries + 1} time(s))" if any(is_url(s) for s in shards) else ""  # files: once
+        raise UnreadableShardsError(f"none of the {len(shards)} shard(s) could be read{tries}; first: {unreadable[0]}")
     return sizes
 
 

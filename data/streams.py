@@ -8,7 +8,7 @@ import time
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ShardReadError", "ShardStream", "open_shard", "is_url"]
+__all__ = ["ShardReadError", "ShardStream", "open_shard", "is_url", "not_a_tar"]
 
 _URL_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "gcs://", "hf://", "ais://", "file://")
 
@@ -133,6 +133,18 @@ def _open(shard: str):
     from webdataset import gopen
 
     return gopen(shard, "rb")
+
+
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def not_a_tar(head: bytes) -> str | None:
+    """Why a shard starting with ``head`` (its first bytes) is no tar file, when its format says so: a
+    compressed tar (a ``.tar.gz`` renamed, ``tar czf``). BrushData shards are plain tar files."""
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            return f"{kind}-compressed data, not a tar file (BrushData shards are plain tar: decompress it)"
+    return None
 
 
 def open_shard(shard: str, retries: int = 0, retry_delay: float = 1.0) -> ShardStream:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data.records import BadRecord, BadSample, decode_pixels, parse_record, read_shard
+from data.shards import _sizes_beside
 
 __all__ = ["ShardReport", "validate_shard", "validate_shards"]
 
@@ -24,6 +25,8 @@ class ShardReport:
     widths: list = field(default_factory=list)
     masks: list = field(default_factory=list)  # masks per good record
     bytes: list = field(default_factory=list)  # image bytes per good record
+    records: int = 0  # records in the shard, good and bad (what sizes.json must say)
+    damaged: bool = False  # unreadable or cut off: its record count is unknown
 
 
 def validate_shard(shard: str, retries: int = 0, retry_delay: float = 1.0) -> ShardReport:
@@ -44,7 +47,9 @@ def validate_shard(shard: str, retries: int = 0, retry_delay: float = 1.0) -> Sh
     for item in read_shard(shard, retries=retries, retry_delay=retry_delay):
         if isinstance(item, BadRecord):
             note(item.key, item.reason, item.detail)
+            report.damaged = True  # the two reasons read_shard gives: unreadable_shard, truncated_tar
             continue
+        report.records += 1
         try:
             record = parse_record(item)
             decode_pixels(record, min_size=(64, 64))  # reads all the JPEG data: truncation shows
@@ -78,11 +83,18 @@ def validate_shards(shards: list[str], workers: int = 1, retries: int = 0, retry
     bad = collections.Counter()
     for r in reports:
         bad.update(r.bad)
+    stale, cache = {}, {}
+    for r in reports:  # a wrong count in sizes.json: training reads that many records, never the others
+        table = None if r.damaged else _sizes_beside(r.shard, cache)
+        name = r.shard.rsplit("/", 1)[-1]
+        if table is not None and name in table and table[name] != r.records:
+            stale[r.shard] = {"sizes_json": table[name], "records": r.records}
     cat = lambda name: [v for r in reports for v in getattr(r, name)]  # noqa: E731
     return {
         "samples": sum(r.good for r in reports),
         "bad": dict(sorted(bad.items())),
         "bad_total": sum(bad.values()),
+        "sizes_mismatch": stale,  # shard -> {"sizes_json": n, "records": m}, where its sizes.json is wrong
         "shards": len(shards),
         "per_shard": {r.shard: {"samples": r.good, "bad": r.bad} for r in reports},
         "bad_records": [{"shard": r.shard, "key": k, "reason": why, "detail": d} for r in reports for k, why, d in r.bad_keys],

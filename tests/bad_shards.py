@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import tarfile
@@ -103,3 +104,61 @@ def write_uneven_shards(folder: Path, sizes: list[int], seed: int = 0, prefix: s
                 writer.write(f"k{n:05d}", brushdata_members(encode_jpeg(rec.image), h, w, rec.caption, rec.masks))
                 n += 1
     return folder
+
+
+def unusual_records() -> list[tuple[str, dict, str | None]]:
+    """Records that once stopped the reader or were misjudged: (key, members, the reason they are skipped with,
+    or None where they must train). Each is valid or invalid in one way only."""
+    deep = b'{"mask": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    return [
+        ("ok_plain", members(seed=1), None),
+        ("ok_1x1", members(1, 1, seed=2, masks=[[1, 1]]), None),  # brush strokes 65536 px wide in a 512 px crop
+        ("ok_2x300", members(2, 300, seed=3, masks=[[1, 2]]), None),
+        ("ok_300x2", members(300, 2, seed=4, masks=[]), None),
+        ("rle_infinite", {**members(seed=5), "segmentation": b'{"mask": [[1e400, 5]]}'}, "bad_segmentation"),
+        ("rle_int64_wrap", {**members(seed=6), "segmentation": b'{"mask": [[2, 9223372036854775807]]}'},
+         "rle_out_of_bounds"),
+        ("rle_uint64", {**members(seed=7), "segmentation": b'{"mask": [[18446744073709551615, 1]]}'},
+         "rle_out_of_bounds"),
+        ("json_too_deep", {**members(seed=8), "segmentation": deep}, "bad_segmentation"),
+        ("ok_mpo", {**members(seed=9), "image": _mpo(40, 56)}, None),  # a camera's multi-picture JPEG
+        ("ok_180mp", {**members(seed=10, masks=[]), "image": _large_jpeg(), "height": b"13400", "width": b"13400"},
+         None),  # past PIL's decompression-bomb limit (179 M pixels), not OpenCV's (2**30)
+        ("header_past_2e30", {**members(16, 16, seed=11), "image": _claimed_size(jpeg(16, 16), 65000, 65000),
+                              "height": b"65000", "width": b"65000"}, "bad_image"),
+    ]
+
+
+def _mpo(h: int, w: int) -> bytes:
+    rng = np.random.default_rng(h * w)
+    first, second = (Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(2))
+    buf = io.BytesIO()
+    first.save(buf, format="MPO", save_all=True, append_images=[second])
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=1)
+def _large_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (13400, 13400), 128).save(buf, format="JPEG", quality=50)  # 180 M pixels, 2 MB
+    return buf.getvalue()
+
+
+def _claimed_size(data: bytes, h: int, w: int) -> bytes:
+    """The JPEG with its frame header (SOF0) claiming h x w."""
+    out = bytearray(data)
+    sof = out.index(b"\xff\xc0")
+    out[sof + 5 : sof + 9] = h.to_bytes(2, "big") + w.to_bytes(2, "big")
+    return bytes(out)
+
+
+def write_unusual_dataset(folder: Path) -> dict:
+    """One shard of :func:`unusual_records`; returns {"good_keys": [...], "bad": {reason: n}}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = unusual_records()
+    write_tar(folder / "unusual-00000.tar", [(key, mem) for key, mem, _ in records])
+    bad: dict = {}
+    for _, _, reason in records:
+        if reason is not None:
+            bad[reason] = bad.get(reason, 0) + 1
+    return {"good_keys": [key for key, _, reason in records if reason is None], "bad": bad}

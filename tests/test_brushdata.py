@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from bad_shards import members, write_bad_dataset, write_tar, write_uneven_shards
+from bad_shards import members, write_bad_dataset, write_tar, write_unusual_dataset, write_uneven_shards
 
 from data.batch import model_inputs
 from data.brushdata import BadDataError, BrushDataLoader, DataConfig, MaskConfig
@@ -215,6 +215,40 @@ def test_resized_masks_stay_aligned_with_the_image(tmp_path):
         assert (keep != expected).mean() < 0.03
 
 
+def test_masks_stay_aligned_with_exif_turned_images(tmp_path):
+    """Phones store pixels sideways with an EXIF orientation. The reference decodes with cv2.imdecode(IMREAD_COLOR),
+    which turns them upright, and applies height/width and the masks to that; so does the stream (before, it
+    trained on the stored pixels: a 180-degree turn put every mask on the wrong part of the image)."""
+    import io
+
+    from PIL import Image
+
+    records = []
+    for orientation in range(1, 9):
+        stored = np.zeros((32, 48, 3), np.uint8)
+        stored[4:20, 8:16] = 255  # a white box off every axis of symmetry
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        buf = io.BytesIO()
+        Image.fromarray(stored).save(buf, format="JPEG", quality=100, exif=exif.tobytes())
+        shown = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_COLOR)  # the reference's pixels
+        h, w = shown.shape[:2]
+        box = (shown[..., 0] > 127).astype(np.uint8)
+        records.append((f"o{orientation}", brushdata_members(buf.getvalue(), h, w, "box", [box])))
+    write_tar(tmp_path / "exif.tar", records)
+    cfg = _cfg(tmp_path, num_workers=0, batch_size=1, resolution=32, random_crop=False,
+               mask=MaskConfig(opening_p=0.0, invert_p=0.0))
+    loader = BrushDataLoader(cfg)
+    seen = set()
+    for batch in loader:
+        keep = batch["keep_mask"][0, 0].numpy()
+        white = batch["image"][0, 0].numpy() > 127
+        assert 0 < keep.sum() < keep.size
+        assert (white == (keep == 1)).mean() > 0.97, batch["key"]
+        seen.add(batch["key"][0])
+    assert len(seen) == 8 and dict(loader.counters) == {"good": 8}
+
+
 def test_caption_dropout_and_mask_sources(uneven_shards):
     dropped = _run(BrushDataLoader(_cfg(uneven_shards, caption_dropout=1.0, num_workers=0)))
     assert all(c == "" for b in dropped for c in b["caption"])
@@ -239,6 +273,37 @@ def test_every_bad_record_kind_is_skipped_counted_and_logged(tmp_path, caplog):
     for reason in expected["bad"]:
         assert any(reason in r.message and ".tar" in r.message for r in caplog.records), reason
     assert any("mixed-00000.tar key=bad_not_jpeg" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unusual_records_train_or_are_counted_with_their_reason(tmp_path, workers):
+    """Records that once killed the loader (OpenCV's line-width limit, RLE values past 64 bits, JSON nested past
+    Python's recursion limit) or were misjudged: each trains once or is counted once by its reason."""
+    expected = write_unusual_dataset(tmp_path / "odd")
+    cfg = _cfg(tmp_path / "odd", num_workers=workers, resolution=512, batch_size=2, max_bad_fraction=1.0,
+               mask=MaskConfig(segmentation=1, brush=1, opening_p=0.0))
+    for _ in range(2):  # two epochs: other crops, masks and strokes
+        loader = BrushDataLoader(cfg)
+        keys = _real_keys(_run(loader))
+        assert sorted(keys) == sorted(f"unusual-00000.tar/{k}" for k in expected["good_keys"])
+        assert {k[4:]: v for k, v in loader.counters.items() if k.startswith("bad/")} == expected["bad"]
+        cfg = dataclasses.replace(cfg, seed=cfg.seed + 1)
+
+
+def test_a_wrong_sizes_json_is_reported_not_silent(tmp_path, caplog):
+    """Training reads as many records of a shard as sizes.json lists: the others of a shard that holds more were
+    dropped without a word (validate counted them all)."""
+    import json
+
+    write_tar(tmp_path / "a.tar", [(f"a{i}", members(seed=i)) for i in range(10)])
+    write_tar(tmp_path / "b.tar", [(f"b{i}", members(seed=i)) for i in range(3)])
+    (tmp_path / "sizes.json").write_text(json.dumps({"a.tar": 4, "b.tar": 8}))
+    with caplog.at_level(logging.WARNING, logger="data.records"):
+        loader = BrushDataLoader(_cfg(tmp_path, num_workers=0, batch_size=2))
+        assert len(_real_keys(_run(loader))) == 4 + 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("a.tar holds more than the 4 records" in m and "never read" in m for m in messages), messages
+    assert any("b.tar holds 3 records, its sizes.json entry 8" in m for m in messages), messages
 
 
 def test_bad_fraction_ceiling_stops_the_run(tmp_path):
@@ -329,6 +394,24 @@ def test_an_unreadable_shard_is_counted_not_fatal(uneven_shards, tmp_path):
     loader = BrushDataLoader(_cfg(folder, num_workers=0, max_bad_fraction=1.0))
     assert len(_real_keys(_run(loader))) == sum(UNEVEN)
     assert loader.counters["bad/unreadable_shard"] == 1
+
+
+def test_a_compressed_shard_is_unreadable_with_the_reason(tmp_path, capsys):
+    """A .tar.gz renamed .tar (or given by name) was 'invalid header', and 'tried 4 times' though files are read
+    once."""
+    import gzip
+
+    from data.shards import UnreadableShardsError
+    from data.validate import validate_shards
+
+    plain = write_tar(tmp_path / "plain.tmp", [(f"r{i}", members(seed=i)) for i in range(3)]).read_bytes()
+    (tmp_path / "x.tar").write_bytes(gzip.compress(plain))
+    with pytest.raises(UnreadableShardsError) as info:
+        BrushDataLoader(_cfg(tmp_path / "x.tar", num_workers=0))
+    assert "gzip-compressed data, not a tar file" in str(info.value) and "tried" not in str(info.value)
+    report = validate_shards([str(tmp_path / "x.tar")])
+    assert report["bad"] == {"unreadable_shard": 1}
+    assert "gzip-compressed data, not a tar file" in report["bad_records"][0]["detail"]
 
 
 WORKERS_AFTER_THREADS = """
@@ -435,6 +518,66 @@ def test_loader_workers_outlive_the_job_signals_the_trainer_acts_on(uneven_shard
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     words = result.stdout.split()
     assert words[:2] == ["signals", "True"] and int(words[-1]) >= 137 - 4 * 2 * 2, result.stdout
+
+
+ITERATION_THAT_FAILS = """
+import sys
+
+import data.brushdata
+from data.brushdata import BrushDataLoader, DataConfig
+
+
+def fail(*args, **kwargs):
+    raise RuntimeError("boom in a worker")
+
+
+def main():
+    mode, shards = sys.argv[1], sys.argv[2]
+    if mode == "worker":  # an unexpected error inside a loader worker (fork: the workers inherit this patch)
+        data.brushdata.make_example = fail
+        cfg = DataConfig(shards=[shards], resolution=32, batch_size=4, num_workers=2, shuffle_buffer=8,
+                         worker_start="fork")
+    else:  # the bad-record ceiling, raised in this process while the workers run
+        cfg = DataConfig(shards=[shards], resolution=32, batch_size=2, num_workers=2, shuffle_buffer=2,
+                         max_bad_fraction=0.05, bad_check_after=1)
+    for batch in BrushDataLoader(cfg):  # uncaught: the interpreter prints it and exits with status 1
+        pass
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("mode", ["worker", "ceiling"])
+def test_a_failed_iteration_ends_the_process_instead_of_hanging_at_exit(uneven_shards, tmp_path, mode):
+    """Workers ignore SIGTERM (the job signals): when an iteration ends in an exception that nobody catches, the
+    interpreter's exit terminates the daemon workers by SIGTERM and joins them. Unless the loader stopped them
+    itself, it waited there forever (seen: a worker's OpenCV error in `brushtrain fit`)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shards = uneven_shards if mode == "worker" else tmp_path / "bad"
+    if mode == "ceiling":
+        write_bad_dataset(shards)
+    script = tmp_path / "fails.py"
+    script.write_text(ITERATION_THAT_FAILS)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(script), mode, str(shards)], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(root)}, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the process hung after the exception")
+    assert proc.returncode == 1, err[-3000:]
+    expected = "RuntimeError: boom in a worker" if mode == "worker" else "BadDataError: "
+    assert expected in err, err[-3000:]
 
 
 BATCH_MEMORY_PROBE = """

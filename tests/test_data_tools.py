@@ -7,7 +7,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from bad_shards import write_bad_dataset
+from bad_shards import unusual_records, write_bad_dataset, write_unusual_dataset
 from PIL import Image
 
 from data.masks import rle_decode
@@ -63,6 +63,33 @@ def test_validate_counts_every_bad_kind_and_strict_fails(tmp_path, capsys):
     assert main(["data", "validate", str(tmp_path / "bad"), "--strict"]) == 1
     text = capsys.readouterr().out
     assert "bad_image: 1" in text and "mixed-00000.tar bad_size" in text
+
+
+def test_validate_judges_unusual_records_as_training_does(tmp_path, capsys):
+    expected = write_unusual_dataset(tmp_path / "odd")
+    assert main(["data", "validate", str(tmp_path / "odd"), "--json"]) == 0
+    report = _json_out(capsys)
+    assert (report["samples"], report["bad"]) == (len(expected["good_keys"]), expected["bad"])
+    assert {b["key"]: b["reason"] for b in report["bad_records"]} == {
+        key: reason for key, _, reason in unusual_records() if reason is not None}
+
+
+def test_validate_reports_a_wrong_sizes_json(tmp_path, capsys):
+    from bad_shards import members, write_tar
+
+    write_tar(tmp_path / "a.tar", [(f"a{i}", members(seed=i)) for i in range(10)])
+    write_tar(tmp_path / "b.tar", [(f"b{i}", members(seed=i)) for i in range(3)])
+    (tmp_path / "sizes.json").write_text(json.dumps({"a.tar": 4, "b.tar": 3}))
+    assert main(["data", "validate", str(tmp_path), "--json"]) == 0
+    report = _json_out(capsys)
+    assert report["samples"] == 13 and report["sizes_mismatch"] == {
+        str(tmp_path / "a.tar"): {"sizes_json": 4, "records": 10}}
+    assert main(["data", "validate", str(tmp_path), "--strict"]) == 1
+    assert "sizes.json is wrong for" in capsys.readouterr().out
+    assert main(["data", "index", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["data", "validate", str(tmp_path), "--json", "--strict"]) == 0
+    assert _json_out(capsys)["sizes_mismatch"] == {}
 
 
 def test_validate_in_parallel_agrees(tmp_path, capsys):
@@ -147,6 +174,38 @@ def test_build_from_folder(tmp_path, capsys):
     assert np.array_equal(rle_decode(rec.masks[1], 20, 24), (m <= 127).astype(np.uint8))
 
 
+def test_build_keeps_exif_turned_jpegs_aligned_with_their_masks(tmp_path, capsys):
+    """The builders copy JPEG bytes and take sizes and masks of the stored pixels. Training turns an image by its
+    EXIF orientation as the reference does, so the copy's orientation is set to 1 (two bytes change, no pixel);
+    copied as they were, these records were size mismatches (or, turned 180 degrees, misaligned)."""
+    import io
+
+    import cv2
+
+    images, masks = tmp_path / "img", tmp_path / "msk"
+    images.mkdir(), masks.mkdir()
+    stored = np.zeros((20, 30, 3), np.uint8)
+    stored[2:8, 3:12] = 255
+    for orientation in (3, 6):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        exif[0x010F] = "a camera"
+        Image.fromarray(stored).save(images / f"p{orientation}.jpg", quality=100, exif=exif.tobytes())
+        Image.fromarray(stored[..., 0]).save(masks / f"p{orientation}.png")
+    assert main(["data", "build", "folder", "--images", str(images), "--masks", str(masks),
+                 "--out", str(tmp_path / "o")]) == 0
+    summary = _json_out(capsys)
+    assert summary["samples"] == 2 and summary["skipped"] == {"no_caption (written with an empty caption)": 2}
+    for raw in read_shard(summary["shards"][0]):
+        rec = parse_record(raw)
+        original = (images / f"{raw.key.split('_')[0]}.jpg").read_bytes()
+        assert len(rec.data) == len(original) and sum(a != b for a, b in zip(rec.data, original)) == 1
+        assert Image.open(io.BytesIO(rec.data)).getexif()[0x010F] == "a camera"
+        assert (rec.orientation, rec.height, rec.width) == (1, 20, 30)
+        pixels = cv2.imdecode(np.frombuffer(rec.data, np.uint8), cv2.IMREAD_COLOR)  # as the reference decodes
+        assert np.array_equal(rle_decode(rec.masks[0], 20, 30), (pixels[..., 0] > 127).astype(np.uint8))
+
+
 def test_shards_roll_over_by_bytes(tmp_path, capsys):
     main(["data", "synth", str(tmp_path / "s"), "--samples", "12", "--per-shard", "100"])
     capsys.readouterr()
@@ -209,3 +268,76 @@ def test_bad_mask_mode_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["data", "bench", str(tmp_path), "--mask-mode", "scribble"])
     assert "unknown mask source 'scribble'" in capsys.readouterr().err
+
+
+def _tool_fixture(tmp_path) -> None:
+    main(["data", "synth", str(tmp_path / "good"), "--samples", "4", "--per-shard", "4"])
+    (tmp_path / "empty").mkdir()
+    tarfile.open(tmp_path / "empty" / "none.tar", "w").close()
+    write_bad_dataset(tmp_path / "bad")
+    (tmp_path / "bad_policy.yaml").write_text("data: {mask: {opening_p: 2}}\n")
+    (tmp_path / "zero_resolution.yaml").write_text("data: {resolution: 0}\n")
+    images = tmp_path / "images"
+    images.mkdir()
+    for stem in ("a", "b", "c"):
+        Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(images / f"{stem}.jpg")
+    (images / "a.txt").write_bytes(b"\xff\xfe not UTF-8")
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "b.png").write_bytes(b"not a PNG")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "{t}/empty", "--samples", "5"], "hold no samples"),
+    (["preview", "{t}/empty", "--out", "{t}/x.png"], "hold no samples"),
+    (["preview", "{t}/bad/truncated-00001.tar", "{t}/bad/mixed-00000.tar", "--out", "{t}/x.png", "--mask-mode",
+      "segmentation=0"], "--mask-mode: mask source weights must be >= 0 with a positive sum"),
+    (["bench", "{t}/good", "--mask-mode", "brush=-1"], "--mask-mode: mask source weights must be >= 0"),
+    (["preview", "{t}/good", "--out", "{t}/x.png", "--config", "{t}/bad_policy.yaml"],
+     "bad_policy.yaml: opening_p must be in [0, 1], got 2.0"),
+    (["bench", "{t}/good", "--config", "{t}/zero_resolution.yaml"], "data.resolution must be >= 1, got 0"),
+    (["preview", "{t}/good", "--out", "{t}/good"], "Is a directory"),
+    (["synth", "{t}/s", "--min-size", "100", "--max-size", "50"], "--min-size 100 is larger than --max-size 50"),
+    (["bench", "{t}/good", "--resolution", "0"], "argument --resolution: must be >= 1, got 0"),
+    (["preview", "{t}/good", "--out", "{t}/x.png", "--resolution", "-5"], "argument --resolution: must be >= 1"),
+    (["bench", "{t}/good", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
+    (["bench", "{t}/good", "--workers", "-1"], "argument --workers: must be >= 0"),
+    (["bench", "{t}/good", "--samples", "0"], "argument --samples: must be >= 1"),
+    (["preview", "{t}/good", "--out", "{t}/x.png", "--samples", "0"], "argument --samples: must be >= 1"),
+    (["synth", "{t}/s", "--per-shard", "0"], "argument --per-shard: must be >= 1"),
+    (["synth", "{t}/s", "--min-size", "0"], "argument --min-size: must be >= 1"),
+    (["build", "folder", "--images", "{t}/images", "--out", "{t}/o", "--max-samples", "0"],
+     "argument --max-samples: must be >= 1"),
+])
+def test_a_users_mistake_is_one_line_not_a_traceback(tmp_path, capsys, args, message):
+    """Each of these printed a Python traceback (ValueError, ZeroDivisionError, cv2.error, RuntimeError...)."""
+    _tool_fixture(tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(["data", *[a.replace("{t}", str(tmp_path)) for a in args]])
+    except SystemExit as exc:  # argparse: usage, then the one-line error
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code in (1, 2) and message in err, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("brushtrain data")
+
+
+def test_build_from_folder_skips_unreadable_masks_and_captions(tmp_path, capsys):
+    _tool_fixture(tmp_path)
+    capsys.readouterr()
+    assert main(["data", "build", "folder", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                 "--out", str(tmp_path / "o")]) == 0
+    summary = _json_out(capsys)
+    assert summary["samples"] == 1
+    assert summary["skipped"] == {"caption_not_utf8": 1, "unreadable_mask": 1,
+                                  "no_caption (written with an empty caption)": 1}
+
+
+def test_a_preview_of_bad_records_only_says_so(tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    from bad_shards import DEFECTS, members, write_tar
+
+    write_tar(tmp_path / "bad" / "x.tar", [(f"k{i}", DEFECTS["size_mismatch"](members(seed=i))) for i in range(3)])
+    assert main(["data", "preview", str(tmp_path / "bad"), "--out", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert "no good samples to preview" in err and "size_mismatch" in err and "Traceback" not in err

@@ -9,12 +9,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from bad_shards import members
 from PIL import Image
 
 import data.records as records
 from data.brushdata import BrushDataLoader, DataConfig, MaskConfig
 from data.masks import MaskPolicy
-from data.records import BadSample, Record, decode_image, decode_pixels
+from data.records import BadSample, RawRecord, Record, decode_image, decode_pixels, parse_record
 from data.transforms import crop_geometry, crop_window, make_example
 from data.writer import ShardWriter, brushdata_members, encode_jpeg
 
@@ -65,6 +66,38 @@ def test_both_decoders_give_the_same_pixels_at_every_scale(variant, min_size, mo
     assert order == "BGR"
     assert np.array_equal(fast, slow[..., ::-1])  # the same libjpeg-turbo settings: bit-identical
     assert np.array_equal(decode_image(record, min_size), slow)  # decode_image stays BGR
+
+
+def _exif_jpeg(img: np.ndarray, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_exif_orientation_is_applied_as_the_reference_decodes(orientation, monkeypatch):
+    """The reference decodes with cv2.imdecode(..., IMREAD_COLOR), which turns the image by its EXIF orientation;
+    height/width and the masks describe that. Both decoders give its pixels, at every scale; the members must
+    give its size (a 90-degree turn with the stored size is a size_mismatch, as it breaks the reference)."""
+    data = _exif_jpeg(_smooth_image(48, 72), orientation)
+    buffer = np.frombuffer(data, np.uint8)
+    shown = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    h, w = shown.shape[:2]
+    assert (h, w) == ((72, 48) if orientation >= 5 else (48, 72))
+    record = parse_record(RawRecord("s.tar", "k", 0, {**members(h, w), "image": data}))
+    assert record.orientation == orientation
+    for fallback in (False, True):
+        if fallback:
+            monkeypatch.setattr(records, "_simplejpeg", None)
+        for k, flag in ((1, cv2.IMREAD_COLOR), (2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                        (8, cv2.IMREAD_REDUCED_COLOR_8)):
+            assert np.array_equal(decode_image(record, (w // k, h // k)), cv2.imdecode(buffer, flag)), (fallback, k)
+    if orientation >= 5:
+        with pytest.raises(BadSample, match="EXIF orientation") as info:
+            parse_record(RawRecord("s.tar", "k", 0, {**members(48, 72), "image": data}))
+        assert info.value.reason == "size_mismatch"
 
 
 @pytest.mark.parametrize("fallback", [False, True])

@@ -46,3 +46,56 @@ def test_two_processes_cover_every_sample_once_through_a_resume(tmp_path):
     assert results[0]["ranks_in_state"] == [0, 1]
     counts = collections.Counter(k for r in results for k in r["keys"])
     assert len(counts) == sum(SIZES) and max(counts.values()) == 1
+
+
+def _bad_worker(rank: int, folder: str, init: str, out: str, ceiling: float) -> None:
+    import torch
+
+    from data.brushdata import BadDataError
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        cfg = DataConfig(shards=[folder], resolution=32, batch_size=2, num_workers=2, shuffle_shards=False,
+                         shuffle_buffer=1, max_bad_fraction=ceiling, bad_check_after=10)
+        loader = BrushDataLoader(cfg, rank=rank, world_size=2)
+        n, error = 0, None
+        try:
+            for batch in loader:
+                n += 1
+                step = torch.ones(1)
+                dist.all_reduce(step)  # the trainer's gradient all-reduce after every batch
+        except BadDataError as exc:
+            error = (str(exc), exc.rank_zero_only)
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump({"batches": n, "len": len(loader), "error": error,
+                       "counters": {k: v for k, v in loader.counters.items()}}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_bad_record_ceiling_is_judged_over_all_ranks_and_stops_them_together(tmp_path):
+    """Rank 1's range opens with a shard of bad records. Judged per rank, the ceiling stopped rank 1 alone (62 %
+    of its first records bad, 20 % of all) while rank 0 waited for it in the next all-reduce; now every rank
+    looks at all ranks' counts at the same batches: under the ceiling both finish (rank 1 with pad batches),
+    over it both stop at the same batch, with one message."""
+    from bad_shards import members, write_tar
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_tar(folder / "a.tar", [(f"a{i}", members(seed=i)) for i in range(60)])
+    write_tar(folder / "b.tar", [(f"x{i}", {**members(seed=i), "width": b"57"}) for i in range(20)]
+              + [(f"b{i}", members(seed=i)) for i in range(20)])
+    for ceiling in (0.3, 0.1):
+        out = tmp_path / f"result{ceiling}"
+        mp.spawn(_bad_worker, args=(str(folder), f"file://{tmp_path / f'rendezvous{ceiling}'}", str(out), ceiling),
+                 nprocs=2)
+        results = [json.loads((tmp_path / f"result{ceiling}.{r}").read_text()) for r in range(2)]
+        assert results[0]["batches"] == results[1]["batches"]
+        if ceiling == 0.3:  # 20 of 100 records bad
+            assert [r["error"] for r in results] == [None, None]
+            assert results[0]["batches"] == results[0]["len"]
+            assert results[1]["counters"]["bad/size_mismatch"] == 20 and results[1]["counters"]["pad_batches"] > 0
+        else:
+            assert results[0]["error"] == results[1]["error"]
+            message, once = results[0]["error"]
+            assert "on all 2 ranks were bad" in message and "size_mismatch" in message and once

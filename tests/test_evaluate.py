@@ -251,6 +251,31 @@ def test_shard_reader_uses_the_first_column_major_mask(tmp_path):
     assert np.array_equal(outside.load()[1], 1 - obj)
 
 
+def test_shard_reader_turns_images_by_their_exif_orientation_as_training_does(tmp_path):
+    import io
+
+    import cv2
+
+    from data.benchmarks import shard_items
+    from data.masks import rle_encode
+    from data.writer import ShardWriter, brushdata_members
+
+    stored = np.zeros((24, 32, 3), np.uint8)
+    stored[2:10, 20:30] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="JPEG", quality=100, exif=exif.tobytes())
+    shown = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_COLOR)[..., ::-1]  # the reference's
+    obj = (shown[..., 0] > 127).astype(np.uint8)
+    with ShardWriter(tmp_path, prefix="t", max_samples=10) as w:
+        w.write("k0", brushdata_members(buf.getvalue(), 32, 24, "turned", [rle_encode(obj)]))
+    (item,) = shard_items(str(tmp_path / "*.tar"))
+    image, hole = item.load()
+    assert image.shape == (32, 24, 3) and np.array_equal(image, shown)
+    assert np.array_equal(hole, obj)
+
+
 # -------------------------------------------------------------- command
 
 

@@ -76,6 +76,23 @@ def test_bad_run_length_data_is_refused():
     assert rle_decode([9, 4], 3, 4).sum() == 4  # exactly to the last pixel is fine
 
 
+def test_run_length_values_past_64_bits_or_infinite_are_refused_not_wrapped():
+    # JSON allows any integer (and 1e400 is infinity): numpy's int64 arithmetic wrapped such values around, so
+    # [2, 2**63 - 1] passed the bounds check (start + length overflowed to a negative end) and [1e400, 5] crashed
+    # the worker later in rle_sample (ValueError: repeats may not contain negative values).
+    every = np.arange(4)
+    for rle in ([2, 2**63 - 1], [2**63 - 1, 1], [2**64 - 1, 1], [1, 2**64 - 1], [10**30, 1], [1, 1, 1, -(10**30)],
+                [2**62, 2**62]):
+        with pytest.raises(RLEError) as info:
+            rle_sample(rle, 3, 4, every[:3], every)
+        assert info.value.out_of_bounds, rle
+    for rle in ([float("inf"), 5], [1, float("nan")], [1e400, 5], [1.5, 2]):
+        with pytest.raises(RLEError, match="integers") as info:
+            rle_sample(rle, 3, 4, every[:3], every)
+        assert not info.value.out_of_bounds
+    assert rle_decode([9.0, 4.0], 3, 4).sum() == 4
+
+
 def test_brush_masks_are_deterministic_per_seed_with_bounded_coverage():
     a = brush_mask(256, 256, np.random.default_rng(5), stroke_width=64, min_strokes=1)
     b = brush_mask(256, 256, np.random.default_rng(5), stroke_width=64, min_strokes=1)
@@ -113,6 +130,36 @@ def test_a_stroke_without_segments_is_a_round_dot_of_the_stroke_width():
     assert 0 < dot.sum() <= math.pi * 21 * 21
     ys, xs = np.nonzero(dot)
     assert np.ptp(ys) <= 41 and np.ptp(xs) <= 41
+
+
+def test_brush_masks_on_images_of_one_or_two_pixels():
+    # The reference's 128 px brush on a 1-2 px image, scaled to a 512 px crop, is 32768-65536 px wide: past
+    # OpenCV's limit for a line (32767): cv2.polylines raised, and the loader worker with it.
+    policy = MaskPolicy(weights={"brush": 1}, opening_p=0, invert_p=0, brush={"min_strokes": 1})
+    for size in (1, 2):  # the crop is the whole image, and every stroke covers it
+        geometry = CropGeometry(size, size, 0.0, 0.0, float(size), float(size), 512)
+        assert geometry.scale * 128 > 32767
+        for seed in range(8):
+            assert not policy.keep_mask("brush", geometry, np.random.default_rng(seed)).any()
+    tall = CropGeometry(3000, 2, 0.0, 0.0, 2.0, 2.0, 512)
+    holes = [1 - policy.keep_mask("brush", tall, np.random.default_rng(seed)).mean() for seed in range(32)]
+    assert {0.0, 1.0} <= set(holes)  # strokes elsewhere on the 3000 px column miss the crop, others cover it
+
+
+def test_strokes_wider_than_opencv_draws_agree_with_it_below_its_limit():
+    from data.masks import _draw_wide_strokes
+
+    rng = np.random.default_rng(0)
+    r = 16000
+    for _ in range(5):  # one edge of the stroke crosses the 200 x 300 canvas
+        angle = rng.uniform(0, 2 * math.pi)
+        normal, along = np.array([math.cos(angle), math.sin(angle)]), np.array([-math.sin(angle), math.cos(angle)])
+        mid = np.array([150.0, 100.0]) + normal * (r + rng.uniform(-80, 80))
+        strokes = [np.array([mid - along * 2000, mid + along * 2000, mid + along * 3000 + normal * 1500])]
+        by_opencv = draw_strokes(strokes, 2 * r - 2, (200, 300))
+        by_distance = _draw_wide_strokes(np.zeros((200, 300), np.uint8), strokes, r - 1)
+        assert 0.05 < by_opencv.mean() < 0.95
+        assert (by_opencv == by_distance).mean() > 0.99
 
 
 def test_box_and_border_regions():

@@ -12,6 +12,9 @@ Guarantees (see the README, "Data position and resume"):
   ``len(loader)`` batches: a rank whose range holds fewer good samples than the
   largest rank's finishes with *pad batches* (``batch["weight"] == 0``; the
   trainer gives them no loss), so DDP never waits on a rank that ran dry;
+* every batch holds ``batch_size`` samples: a worker's last batch of an epoch
+  is filled up with blank samples of weight 0 (key :data:`PAD_KEY`), so the
+  compiled step sees one shape (``model.compile`` with ``dynamic=False``);
 * the position (per rank and worker) is :meth:`BrushDataLoader.position`:
   with the same world size and workers a resumed run continues the identical
   stream; with a different layout it continues with the samples no old worker
@@ -48,12 +51,14 @@ from data.shards import (
     split_segments,
 )
 from data.streams import is_url
-from data.transforms import make_example
+from data.transforms import Example, make_example
 
-__all__ = ["MaskConfig", "DataConfig", "BrushDataset", "BrushDataLoader", "BadDataError", "pad_batch"]
+__all__ = ["MaskConfig", "DataConfig", "BrushDataset", "BrushDataLoader", "BadDataError", "PAD_KEY", "pad_batch",
+           "real_samples"]
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
+PAD_KEY = "<pad>"  # the key of a sample that trains nothing (weight 0)
 _JOINT_CHECK_EVERY = 16  # batches between the ranks' joint checks of their bad-record counts
 
 
@@ -216,10 +221,12 @@ class BrushDataset(IterableDataset):
             if len(batch) == cfg.batch_size:
                 yield _collate(batch, dict(slot=slot, emitted=emitted, read=read.n, bad=dict(bad), marker=False), images)
                 batch, bad, images = [], collections.Counter(), None
-        if batch:  # a short last batch: its own memory, not a view of the full-size buffer
-            short = _batch_memory((len(batch), *images.shape[1:]))
-            short.copy_(images[: len(batch)])
-            yield _collate(batch, dict(slot=slot, emitted=emitted, read=read.n, bad=dict(bad), marker=False), short)
+        if batch:  # a short last batch, filled up with blank samples of weight 0: every batch has one shape
+            real = len(batch)
+            images[real:].zero_()
+            batch += [_blank_example(cfg.resolution)] * (cfg.batch_size - real)
+            yield _collate(batch, dict(slot=slot, emitted=emitted, read=read.n, bad=dict(bad), marker=False), images,
+                           real=real)
             bad = collections.Counter()
         # A last message with the counts of trailing bad records (never given to the trainer).
         yield {"__meta__": dict(slot=slot, emitted=emitted, read=read.n, bad=dict(bad), marker=True)}
@@ -253,9 +260,18 @@ def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
     return out
 
 
-def _collate(examples: list, meta: dict, images: torch.Tensor) -> dict:
-    """``images``: the (B, R, R, 3) uint8 tensor the examples' images were written into."""
-    return {
+def _blank_example(resolution: int) -> Example:
+    """A sample that trains nothing (its weight is 0): black, nothing to paint, no caption."""
+    return Example(image=np.zeros((0, 0, 3), np.uint8), keep_mask=np.ones((1, resolution, resolution), np.uint8),
+                   caption="", original_size=(resolution, resolution), crop_top_left=(0, 0), key=PAD_KEY,
+                   mask_source="pad")
+
+
+def _collate(examples: list, meta: dict | None, images: torch.Tensor, real: int | None = None) -> dict:
+    """``images``: the (B, R, R, 3) uint8 tensor the examples' images were written into; the first ``real``
+    examples (default: all) train, the rest are blank fillers of weight 0."""
+    real = len(examples) if real is None else real
+    batch = {
         # (B, 3, R, R) view of HWC memory: no per-sample transpose copy; the device copy is channels-last.
         "image": images.permute(0, 3, 1, 2),
         "keep_mask": _stack([e.keep_mask for e in examples]),
@@ -265,25 +281,31 @@ def _collate(examples: list, meta: dict, images: torch.Tensor) -> dict:
         "key": [e.key for e in examples],
         "mask_source": [e.mask_source for e in examples],
         "sample_seed": torch.tensor([e.seed for e in examples], dtype=torch.int64),
-        "weight": torch.ones(len(examples)),
-        "__meta__": meta,
+        "weight": (torch.arange(len(examples)) < real).float(),
     }
+    if meta is not None:
+        batch["__meta__"] = meta
+    return batch
 
 
-def pad_batch(template: dict | None, resolution: int) -> dict:
-    """A batch that trains nothing (weight 0): a copy of ``template``, or one blank sample."""
+def pad_batch(template: dict | None, resolution: int, batch_size: int) -> dict:
+    """A batch that trains nothing (weight 0): a copy of ``template``, or ``batch_size`` blank samples."""
     if template is None:
-        return {
-            "image": torch.zeros(1, 3, resolution, resolution, dtype=torch.uint8),
-            "keep_mask": torch.ones(1, 1, resolution, resolution, dtype=torch.uint8),
-            "caption": [""], "original_size": torch.tensor([[resolution, resolution]]),
-            "crop_top_left": torch.zeros(1, 2, dtype=torch.int64), "key": ["<pad>"],
-            "mask_source": ["pad"], "sample_seed": torch.zeros(1, dtype=torch.int64), "weight": torch.zeros(1),
-        }
+        images = torch.zeros(batch_size, resolution, resolution, 3, dtype=torch.uint8)
+        return _collate([_blank_example(resolution)] * batch_size, None, images, real=0)
     pad = dict(template)
     pad["weight"] = torch.zeros_like(template["weight"])
-    pad["key"] = ["<pad>"] * len(template["key"])
+    pad["key"] = [PAD_KEY] * len(template["key"])
     return pad
+
+
+def real_samples(batch: dict) -> dict:
+    """The batch without its blank samples (weight 0; they are always at its end): for the held-out evaluation
+    and the sample grids, which run eager and need no fixed shape."""
+    real = int((batch["weight"] > 0).sum())
+    if real == len(batch["key"]):
+        return batch
+    return {k: (v[:real] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
 
 
 # The job's stop and requeue signals. SLURM delivers them (scancel, scancel --signal, the --signal=USR1@T warning)
@@ -539,7 +561,7 @@ class BrushDataLoader:
                 if meta["marker"]:
                     state["done"] = True
                     continue
-                self.counters["good"] += len(item["key"])
+                self.counters["good"] += int((item["weight"] > 0).sum())
                 if self.world_size == 1:
                     self._check_bad_fraction()
                 else:
@@ -564,7 +586,7 @@ class BrushDataLoader:
             self.counters["pad_batches"] += 1
             self._finished = self.progress["yielded"] >= total
             self._snapshot()
-            yield pad_batch(template, self.cfg.resolution)
+            yield pad_batch(template, self.cfg.resolution, self.cfg.batch_size)
         self._finished = True
 
     # -------------------------------------------------------------- state

@@ -14,7 +14,7 @@ import torch
 from bad_shards import members, write_bad_dataset, write_tar, write_unusual_dataset, write_uneven_shards
 
 from data.batch import model_inputs
-from data.brushdata import BadDataError, BrushDataLoader, DataConfig, MaskConfig
+from data.brushdata import PAD_KEY, BadDataError, BrushDataLoader, DataConfig, MaskConfig, pad_batch, real_samples
 from data.shards import (
     Segment,
     ShardSpecError,
@@ -67,11 +67,33 @@ def test_two_ranks_two_workers_see_every_sample_once_with_equal_batch_counts(une
 def test_coverage_for_other_layouts(uneven_shards, world, workers, batch):
     keys, lengths = [], set()
     for rank in range(world):
-        batches = _run(BrushDataLoader(_cfg(uneven_shards, num_workers=workers, batch_size=batch), rank, world))
+        loader = BrushDataLoader(_cfg(uneven_shards, num_workers=workers, batch_size=batch), rank, world)
+        batches = _run(loader)
         lengths.add(len(batches))
         keys += _real_keys(batches)
+        # Every batch has the one shape a compiled step needs (dynamic=False): a worker's short last batch is
+        # filled up with blank samples of weight 0 at its end, which no counter takes for data.
+        for b in batches:
+            assert {len(b[k]) for k in ("image", "keep_mask", "caption", "original_size", "crop_top_left", "key",
+                                        "mask_source", "sample_seed", "weight")} == {batch}
+            assert b["image"].shape[1:] == (3, 32, 32) and b["keep_mask"].shape[1:] == (1, 32, 32)
+            real = int((b["weight"] > 0).sum())
+            assert b["weight"][:real].eq(1).all() and b["weight"][real:].eq(0).all()
+            assert b["key"][real:] == [PAD_KEY] * (batch - real) and PAD_KEY not in b["key"][:real]
+            if real:  # a filled-up batch (a pad batch, weight 0 throughout, repeats the last batch's pixels)
+                assert b["image"][real:].eq(0).all() and b["keep_mask"][real:].eq(1).all()
+            assert real_samples(b)["key"] == b["key"][:real] and len(real_samples(b)["image"]) == real
+        assert loader.counters["good"] == len(_real_keys(batches))
     assert len(lengths) == 1
     assert sorted(keys) == sorted(set(keys)) and len(keys) == sum(UNEVEN)
+
+
+def test_a_rank_without_data_pads_with_full_size_batches(tmp_path):
+    """A rank that never gets a good sample still hands out batches of data.batch_size (blank, weight 0)."""
+    pad = pad_batch(None, 32, 5)
+    assert pad["image"].shape == (5, 3, 32, 32) and pad["keep_mask"].shape == (5, 1, 32, 32)
+    assert pad["weight"].eq(0).all() and pad["key"] == [PAD_KEY] * 5 and "__meta__" not in pad
+    assert real_samples(pad)["key"] == [] and real_samples(pad)["weight"].numel() == 0
 
 
 def test_epochs_reshuffle_and_repeat_the_data(uneven_shards):
@@ -253,9 +275,9 @@ def test_caption_dropout_and_mask_sources(uneven_shards):
     dropped = _run(BrushDataLoader(_cfg(uneven_shards, caption_dropout=1.0, num_workers=0)))
     assert all(c == "" for b in dropped for c in b["caption"])
     kept = _run(BrushDataLoader(_cfg(uneven_shards, caption_dropout=0.0, num_workers=0)))
-    assert all(c for b in kept for c in b["caption"])
+    assert all(c for b in kept for c, w in zip(b["caption"], b["weight"]) if w > 0)
     mixed = _run(BrushDataLoader(_cfg(uneven_shards, num_workers=0, mask=MaskConfig(segmentation=1, brush=1, box=1, border=1))))
-    sources = collections.Counter(s for b in mixed for s in b["mask_source"])
+    sources = collections.Counter(s for b in mixed for s, w in zip(b["mask_source"], b["weight"]) if w > 0)
     assert set(sources) == {"segmentation", "brush", "box", "border"}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 
 from common.files import write_text_atomic
-from data.brushdata import BrushDataLoader
+from data.brushdata import BrushDataLoader, real_samples
 from train.engine.compile import eager
 
 __all__ = ["PeriodicEval", "DenoisingEval", "heldout_batches"]
@@ -30,8 +30,9 @@ def heldout_batches(data_cfg, shards: list[str], samples: int) -> list[dict]:
     )
     batches, seen = [], 0
     for batch in BrushDataLoader(cfg):
-        if float(batch["weight"].min()) == 0:
-            continue  # a pad batch (or a partial one carrying pads): skip
+        batch = real_samples(batch)  # without the blank samples that fill a short last batch
+        if not batch["key"]:
+            continue  # a pad batch
         batches.append(batch)
         seen += len(batch["key"])
         if seen >= samples:

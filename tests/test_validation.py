@@ -16,6 +16,7 @@ from train.schema import FitConfig
 from train.setup.validation import RULES, TYPE_ONLY
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "official-tiny"  # a reference SD1.5 and SDXL branch, and a UNet folder
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 
 # (overrides typed on the command line, a piece of the message that must name the problem)
@@ -77,6 +78,15 @@ BAD_SETTINGS = [
     (["logging.wandb_mode=sometimes"], "logging.wandb_mode must be null (offline unless logged in), online or offline"),
     (["model.base=tiny:sd99"], "generated bases are tiny:sd15, tiny:sdxl, random:sd15, random:sdxl"),
     (["model.brushnet=./no/such/branch"], "model.brushnet './no/such/branch' does not exist"),
+    ([f"model.brushnet={FIXTURES}/unet"], f"model.brushnet: {FIXTURES}/unet holds a UNet2DConditionModel, not a BrushNet branch"),
+    ([f"model.brushnet={FIXTURES}/sdxl/brushnet"], f"model.brushnet '{FIXTURES}/sdxl/brushnet' does not fit model.base "
+     "'tiny:sd15': it was made for the SDXL layout, the base's UNet has the SD1.5 layout (block_out_channels"),
+    (["model.base=tiny:sdxl", "data.resolution=64", f"model.brushnet={FIXTURES}/brushnet"],
+     "does not fit model.base 'tiny:sdxl': it was made for the SD1.5 layout, the base's UNet has the SDXL layout"),
+    ([f"model.vae={FIXTURES}/unet"], f"model.vae '{FIXTURES}/unet' holds a UNet2DConditionModel, not a VAE (AutoencoderKL)"),
+    ([f"model.vae={FIXTURES}"], f"model.vae '{FIXTURES}' is not a VAE folder (no readable config.json, nor vae/config.json)"),
+    ([f"model.base={FIXTURES}/sdxl"], f"model.base '{FIXTURES}/sdxl' is not a complete diffusers model folder (no "
+     "scheduler, text_encoder, tokenizer, vae, text_encoder_2, tokenizer_2)"),
     (["resume=/no/checkpoint"], "resume '/no/checkpoint' does not exist"),
     (["data.shards=/nowhere/shard-{0..3}.tar", "synth.enabled=false"], "data.shards: shard '/nowhere/shard-0.tar'"),
     (["synth.enabled=false"], "data.shards is empty (set it, or synth.enabled=true for synthetic data)"),
@@ -140,6 +150,16 @@ def test_the_shipped_configs_pass(tmp_path):
         extra = [] if torch.cuda.is_available() or name == "tiny_cpu" else ["trainer.accelerator=cpu", "trainer.precision=32-true"]
         cfg, launch = load_fit_config([f"configs/{name}.yaml"], [f"data.shards={shards}", f"output_dir={tmp_path / name}", *extra])
         assert problems(cfg, launch) == [], name
+
+
+def test_branches_of_the_base_s_layout_pass(tmp_path):
+    from train.commands.fit import load_fit_config
+    from train.setup.validation import problems
+
+    for base, branch in (("tiny:sd15", FIXTURES / "brushnet"), ("tiny:sdxl", FIXTURES / "sdxl" / "brushnet")):
+        cfg, launch = load_fit_config([], [f"model.base={base}", f"model.brushnet={branch}", "data.resolution=64",
+                                           f"output_dir={tmp_path}"])
+        assert problems(cfg, launch) == [], base
 
 
 def test_cross_checks_for_keys_other_branches_add():

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from train.model.brushnet import BrushNetModel, make_conditioning, vae_encode
+from train.model.brushnet import BrushNetModel, check_fits, make_conditioning, vae_encode
 from train.model.components import (
     BaseModel,
     encode_prompts,
@@ -156,6 +156,7 @@ class BrushNetInpaintPipeline:
     """Sampler over a :class:`~train.model.components.BaseModel` and a branch."""
 
     def __init__(self, base: BaseModel, brushnet: BrushNetModel, scheduler="unipc"):
+        check_fits(brushnet.config, base.unet.config)  # an SDXL branch on an SD1.5 base, ...: BranchError
         self.base = base
         self.brushnet = brushnet
         self.scheduler = make_scheduler(scheduler, base.scheduler.config)
@@ -172,6 +173,7 @@ class BrushNetInpaintPipeline:
     ) -> "BrushNetInpaintPipeline":
         base_model = load_base(base, dtype=dtype).freeze()
         branch = BrushNetModel.from_pretrained(brushnet, torch_dtype=dtype).eval().requires_grad_(False)
+        check_fits(branch.config, base_model.unet.config, branch=f"branch {brushnet}", base=f"base {base}")
         return cls(base_model, branch, scheduler).to(device)
 
     def to(self, device=None, dtype=None) -> "BrushNetInpaintPipeline":

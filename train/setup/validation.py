@@ -327,14 +327,46 @@ def _base(cfg, launch) -> list[str]:
         return [f"model.base {base!r} does not exist (and is not a hub id like org/name)"]
     if path.exists() and not (path / "unet").is_dir():
         return [f"model.base {base!r} is not a diffusers model folder (no unet/ inside)"]
+    if path.exists():
+        unet = _json(path / "unet" / "config.json") or {}
+        parts = ["unet/config.json", "scheduler", "text_encoder", "tokenizer"] + ([] if cfg.model.get("vae") else ["vae"])
+        parts += ["text_encoder_2", "tokenizer_2"] if unet.get("addition_embed_type") == "text_time" else []
+        missing = [p for p in parts if not (path / p).exists()]
+        if missing:
+            return [f"model.base {base!r} is not a complete diffusers model folder (no {', '.join(missing)})"]
     return []
 
 
 def _brushnet(cfg, launch) -> list[str]:
+    """A local branch folder holds a BrushNet config made for the base's UNet layout (an SDXL branch on SD1.5, ...)."""
+    from train.model.brushnet import branch_folder_problem, fit_problems, layout_name
+
     b = cfg.model.brushnet
-    if text(b) and not _local_or_hub_id(b):
+    if not text(b):
+        return []
+    if not _local_or_hub_id(b):
         return [f"model.brushnet {b!r} does not exist (and is not a hub id like org/name)"]
+    problem = branch_folder_problem(b)
+    if problem:
+        return [f"model.brushnet: {problem}"]
+    config = _json(Path(b).expanduser() / "config.json")
+    unet = _component_config(cfg, "unet") if text(cfg.model.base) and not _base(cfg, launch) else None
+    if config is None or unet is None:
+        return []
+    mismatch = fit_problems(config, unet)
+    if mismatch:
+        return [f"model.brushnet {b!r} does not fit model.base {cfg.model.base!r}: it was made for the "
+                f"{layout_name(config)} layout, the base's UNet has the {layout_name(unet)} layout "
+                f"({'; '.join(mismatch)}; branch vs base)"]
     return []
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _component_config(cfg, name: str) -> dict | None:
@@ -406,6 +438,19 @@ def _vae(cfg, launch) -> list[str]:
     vae = cfg.model.get("vae")
     if text(vae) and not _local_or_hub_id(vae):
         return [f"model.vae {vae!r} does not exist (and is not a hub id like org/name)"]
+    path = Path(vae).expanduser() if text(vae) else None
+    if path is None or not path.exists():
+        return []  # none, or a hub id (checked when loaded)
+    config_file = path / "vae" / "config.json" if (path / "vae").is_dir() else path / "config.json"
+    config = _json(config_file)
+    if config is None:
+        return [f"model.vae {vae!r} is not a VAE folder (no readable config.json, nor vae/config.json)"]
+    if config.get("_class_name") not in (None, "AutoencoderKL"):
+        return [f"model.vae {vae!r} holds a {config['_class_name']}, not a VAE (AutoencoderKL)"]
+    unet = _component_config(cfg, "unet") if text(cfg.model.base) and not _base(cfg, launch) else None
+    if unet and config.get("latent_channels", 4) != unet.get("in_channels", 4):
+        return [f"model.vae {vae!r} makes {config.get('latent_channels', 4)}-channel latents, the base's UNet takes "
+                f"{unet.get('in_channels', 4)}"]
     return []
 
 

@@ -411,6 +411,20 @@ def test_a_rerun_with_other_generation_settings_is_refused_not_mixed(setup, tmp_
     assert image.stat().st_mtime_ns == mtime, "scoring settings reuse the images"
 
 
+def test_generation_flags_are_checked_before_any_work(setup, tmp_path, capsys):
+    """An unknown --scheduler failed after the base loaded (ValueError traceback), --device gpu in torch."""
+    from train.cli import main
+
+    out = tmp_path / "out"
+    for extra, message in ((["--scheduler", "nosuch"], "--scheduler: unknown scheduler 'nosuch'"),
+                           (["--device", "gpu"], "--device 'gpu' is not a device name"),
+                           (["--scale", "-1"], "--scale and --guidance must be >= 0")):
+        assert main(command(setup, out, *extra)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("brushtrain evaluate: ") and message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
 def test_killed_run_resumes(setup, tmp_path):
     """Kill the command once its first image is written; the rerun keeps that image and completes the table."""
     import time

@@ -465,8 +465,21 @@ def run(args: argparse.Namespace) -> int:
             raise EvaluateError(f"{flag} must be >= {low}, got {value}")
     if args.limit is not None and args.limit < 1:
         raise EvaluateError(f"--limit must be >= 1, got {args.limit}")
+    if args.scale < 0 or (args.guidance is not None and args.guidance < 0):
+        raise EvaluateError(f"--scale and --guidance must be >= 0, got {args.scale} and {args.guidance}")
+    from train.model.pipeline import scheduler_class
+
+    try:
+        scheduler_class(args.scheduler)
+    except ValueError as exc:
+        raise EvaluateError(f"--scheduler: {exc}") from None
     if args.resolution % 8:
         raise EvaluateError(f"--resolution must be a multiple of 8 (the VAE's factor), got {args.resolution}")
+    from train.commands.sample import device_problem
+
+    problem = device_problem("--device", args.device)
+    if problem:
+        raise EvaluateError(problem)
     methods = _methods(args)
     _metric_models(args.metric_models)  # a bad file is reported before any work
     kind, source = args.bench

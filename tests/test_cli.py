@@ -43,6 +43,15 @@ def test_demo_rejects_bad_config(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_demo_refuses_out_of_range_values_in_one_message(tmp_path, capsys):
+    """steps=0 ran with no step, steps=-1 / size=4 / scheduler=nosuch were tracebacks."""
+    assert main(["demo", f"out_dir={tmp_path}", "steps=-1", "size=4", "scheduler=nosuch", "conditioning_scale=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("brushtrain demo: config error: size must be >= 8 (the VAE's factor), got 4; steps must be "
+                          ">= 1, got -1; conditioning_scale must be >= 0, got -1.0; scheduler: unknown scheduler 'nosuch'")
+    assert "Traceback" not in err and not any(tmp_path.iterdir())
+
+
 def test_overrides_may_follow_a_later_config_option(tmp_path, capsys, monkeypatch):
     import train.commands.fit as fit_module
 

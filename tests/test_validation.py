@@ -57,6 +57,12 @@ BAD_SETTINGS = [
     (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps must be an integer >= 1, got 0"),
     (["trainer.seed=-1"], "trainer.seed must be an integer in 0 .. 2**32-1, got -1"),
     (["trainer.precision=16-mixed"], "trainer.precision=16-mixed is not supported on the CPU"),
+    (["trainer.precision=bf16-true"], "trainer.precision=bf16-true casts the branch to bf16 with no autocast, so the "
+     "frozen parts must be bf16 too: set model.frozen_dtype=bf16 (got fp32)"),  # was a dtype-mismatch traceback
+    (["trainer.precision=16-true", "model.frozen_dtype=bf16"], "set model.frozen_dtype=fp16 (got bf16)"),
+    (["trainer.precision=64-true"], "trainer.precision=64-true: the frozen parts run in model.frozen_dtype"),
+    pytest.param(["trainer.precision=bf16-mixed", "model.frozen_dtype=fp16"],
+                 "trainer.precision=bf16-mixed with model.frozen_dtype=fp16 does not run on the CPU", marks=NO_GPU),
     (["trainer.strategy=deepspeed", "deepspeed.allow_cpu=true", "deepspeed.stage=4"], "deepspeed.stage must be ZeRO stage 1, 2 or 3, got 4"),
     (["trainer.strategy=deepspeed", "deepspeed.allow_cpu=true", "deepspeed.offload_params=true"], "deepspeed.offload_params=true needs deepspeed.stage=3 (got 2)"),
     (["trainer.strategy=deepspeed", "deepspeed.allow_cpu=true", "trainer.precision=64-true"], "trainer.precision=64-true is not available with DeepSpeed"),

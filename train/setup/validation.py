@@ -564,6 +564,16 @@ def _precision_here(cfg, launch) -> list[str]:
                    "use bf16-mixed or 32-true")
     if gpu and torch.cuda.is_available() and p.startswith("bf16") and not torch.cuda.is_bf16_supported():
         out.append(f"trainer.precision={p}: this GPU has no bfloat16; use 16-mixed or 32-true")
+    frozen = cfg.model.frozen_dtype
+    true_dtype = {"16-true": "fp16", "bf16-true": "bf16"}.get(p)
+    if true_dtype and frozen in DTYPE_NAMES and frozen != true_dtype:
+        out.append(f"trainer.precision={p} casts the branch to {true_dtype} with no autocast, so the frozen parts must "
+                   f"be {true_dtype} too: set model.frozen_dtype={true_dtype} (got {frozen}), or use a -mixed precision")
+    if p in ("64-true", "64"):
+        out.append(f"trainer.precision={p}: the frozen parts run in model.frozen_dtype (fp32 at most); use 32-true")
+    if not gpu and frozen == "fp16" and p in ("bf16-mixed", "bf16"):
+        out.append(f"trainer.precision={p} with model.frozen_dtype=fp16 does not run on the CPU (bf16 autocast cannot "
+                   "take fp16 weights there); use model.frozen_dtype=bf16 or fp32")
     if p.startswith("transformer-engine"):
         import importlib.util
 

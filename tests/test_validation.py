@@ -77,6 +77,9 @@ BAD_SETTINGS = [
     (["samples.scheduler=nosuch"], "samples.scheduler must be unipc, "),
     (["samples.count=0"], "samples.count must be an integer >= 1, got 0"),
     (["samples.every_n_steps=-200"], "samples.every_n_steps must be an integer >= 0 (0: only at the start), got -200"),
+    (["samples.source=folder", f"samples.folder={FIXTURES}"], "holds no STEM.jpg / STEM.png images"),  # was after loading
+    ([f"data.sizes_file={FIXTURES}/brushnet_keys.json"], "is not a JSON object of shard name -> record count"),
+    ([f"data.sizes_file={ROOT}/README.md"], "data.sizes_file"),  # was a JSONDecodeError traceback
     (["synth.min_size=200"], "synth.min_size=200 is larger than synth.max_size=96"),
     (["synth.per_shard=0"], "synth.per_shard must be an integer >= 1, got 0"),
     (["metrics.peak_tflops=0"], "metrics.peak_tflops must be null (known GPUs) or a number > 0, got 0.0"),

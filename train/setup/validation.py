@@ -502,9 +502,33 @@ def _eval_metrics(cfg, launch) -> list[str]:
 
 
 def _samples_folder(cfg, launch) -> list[str]:
+    """samples.source=folder: an existing folder with STEM.jpg|png images, each with its STEM_mask.png."""
     s = cfg.samples
-    if s.enabled and s.source == "folder" and not (text(s.folder) and Path(s.folder).expanduser().is_dir()):
+    if not (s.enabled and s.source == "folder"):
+        return []
+    if not (text(s.folder) and Path(s.folder).expanduser().is_dir()):
         return [f"samples.source=folder needs samples.folder to be an existing folder, got {s.folder!r}"]
+    folder = Path(s.folder).expanduser()
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+                    and not p.stem.endswith("_mask"))
+    if not images:
+        return [f"samples.folder {s.folder!r} holds no STEM.jpg / STEM.png images (with STEM_mask.png masks)"]
+    unmasked = [p.name for p in images if not (folder / f"{p.stem}_mask.png").is_file()]
+    if unmasked:
+        return [f"samples.folder {s.folder!r}: {', '.join(unmasked[:3])} {'has' if len(unmasked) == 1 else 'have'} "
+                f"no STEM_mask.png beside {'it' if len(unmasked) == 1 else 'them'}"]
+    return []
+
+
+def _sizes_file(cfg, launch) -> list[str]:
+    """data.sizes_file: a JSON object of shard name -> record count (what `brushtrain data index` writes)."""
+    f = cfg.data.sizes_file
+    if not (text(f) and Path(f).expanduser().is_file()):
+        return []  # none, or the rule reports it
+    table = _json(Path(f).expanduser())
+    if table is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in table.values()):
+        return [f"data.sizes_file {f!r} is not a JSON object of shard name -> record count "
+                "(as `brushtrain data index` writes)"]
     return []
 
 
@@ -626,7 +650,7 @@ def _compile(cfg, launch) -> list[str]:
 
 CROSS_CHECKS: list[Callable] = [
     _output_dir, _resume, _base, _brushnet, _vae, _resolution, _mask_weights, _brush_strokes, _synth, _shards,
-    _samples_folder, _eval_metrics,
+    _samples_folder, _sizes_file, _eval_metrics,
     _devices_here, _precision_here, _deepspeed, _compile, _logger,
 ]
 

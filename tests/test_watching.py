@@ -147,10 +147,10 @@ def test_sample_command_writes_an_image_of_the_input_size(tmp_path, capsys):
     Image.fromarray(mask).save(tmp_path / "mask.png")
     args = ["sample", "--base", str(base), "--brushnet", str(tmp_path / "branch"), "--image", str(tmp_path / "in.png"),
             "--mask", str(tmp_path / "mask.png"), "--prompt", "a red box", "--steps", "3", "--out",
-            str(tmp_path / "out.png"), "--grid", str(tmp_path / "grid.png"), "--scheduler", "ddim"]
-    assert main(args) == 0
+            str(tmp_path / "out.png"), "--grid", str(tmp_path / "grids" / "grid.png"), "--scheduler", "ddim"]
+    assert main(args) == 0  # (the grid's folder is made, as the result's is)
     assert Image.open(tmp_path / "out.png").size == (90, 70)
-    assert Image.open(tmp_path / "grid.png").size == (4 * 90, 70)
+    assert Image.open(tmp_path / "grids" / "grid.png").size == (4 * 90, 70)
     Image.fromarray(mask[:50]).save(tmp_path / "small.png")
     capsys.readouterr()
     assert main(["sample", "--base", str(base), "--brushnet", str(tmp_path / "branch"), "--image", str(tmp_path / "in.png"),

@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
         rgb = np.asarray(image)
         masked, mask_rgb = mask_pictures(rgb, mask)
+        Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.concatenate([rgb, mask_rgb, masked, np.asarray(result)], axis=1)).save(args.grid)
         print(f"wrote {args.grid} (input | mask | masked input | result)")
     return 0

@@ -19,10 +19,11 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
+from common.errors import UserError
 from data.records import exif_orientation
 from data.writer import ShardWriter, brushdata_members, encode_jpeg
 
-__all__ = ["build_from_coco", "build_from_folder", "IMAGE_SUFFIXES"]
+__all__ = ["BuildError", "build_from_coco", "build_from_folder", "IMAGE_SUFFIXES"]
 
 log = logging.getLogger(__name__)
 # What reading an input image can raise: damaged or unknown data, and PIL's refusal of images over 179 M pixels
@@ -89,6 +90,23 @@ def _summary(writer: ShardWriter, skipped: collections.Counter) -> dict:
     }
 
 
+class BuildError(UserError, ValueError):
+    """Input the builders cannot use (an annotation file that is not COCO JSON, ...); the message names it."""
+
+
+def _coco(path: str | Path, flag: str):
+    """pycocotools' COCO index of ``path``, or BuildError when the file is not COCO JSON (it asserts / raises)."""
+    from pycocotools.coco import COCO
+
+    if not Path(path).is_file():
+        raise BuildError(f"{flag} {path} does not exist")
+    try:
+        return COCO(str(path))
+    except (ValueError, AssertionError, UnicodeDecodeError, TypeError, KeyError) as exc:
+        raise BuildError(f"{flag} {path} is not a COCO annotation file (a JSON object with images and annotations): "
+                         f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
 def build_from_coco(
     images_dir: str | Path,
     instances_json: str | Path,
@@ -102,10 +120,8 @@ def build_from_coco(
     limit: int | None = None,
 ) -> dict:
     """One record per COCO image: every (non-crowd) instance mask, the first caption if given."""
-    from pycocotools.coco import COCO
-
-    instances = COCO(str(instances_json))
-    captions = COCO(str(captions_json)) if captions_json else None
+    instances = _coco(instances_json, "--instances")
+    captions = _coco(captions_json, "--captions") if captions_json else None
     skipped: collections.Counter = collections.Counter()
     images_dir = Path(images_dir)
     ids = sorted(instances.imgs)[: limit if limit else None]

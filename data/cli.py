@@ -67,11 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("synth", help="write synthetic shards (shapes with exact masks and captions)")
     p.add_argument("out", help="output folder")
-    p.add_argument("--samples", type=_at_least(0, int), default=1000)
+    p.add_argument("--samples", type=_at_least(1, int), default=1000)
     p.add_argument("--per-shard", type=_at_least(1, int), default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-size", type=_at_least(1, int), default=64, help="smallest image side (pixels)")
-    p.add_argument("--max-size", type=_at_least(1, int), default=128, help="largest image side (pixels)")
+    p.add_argument("--seed", type=_at_least(0, int), default=0)
+    p.add_argument("--min-size", type=_at_least(16, int), default=64, help="smallest image side (pixels)")
+    p.add_argument("--max-size", type=_at_least(16, int), default=128, help="largest image side (pixels)")
     p.add_argument("--size", type=parse_hw, default=None, metavar="HxW",
                    help="every image this size, e.g. 1024x1366 (height x width); overrides --min/--max-size")
     p.add_argument("--prefix", default="synth")
@@ -82,9 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     coco.add_argument("--images", required=True, help="folder of the COCO images")
     coco.add_argument("--instances", required=True, help="instances_*.json")
     coco.add_argument("--captions", help="captions_*.json (first caption per image)")
-    coco.add_argument("--min-area", type=float, default=0.0, help="drop instances smaller than this (pixels)")
+    coco.add_argument("--min-area", type=_at_least(0, float), default=0.0, help="drop instances smaller than this (pixels)")
     coco.add_argument("--include-crowd", action="store_true", help="keep iscrowd instances")
-    coco.add_argument("--limit", type=int, help="only the first N images (by id)")
+    coco.add_argument("--limit", type=_at_least(1, int), help="only the first N images (by id)")
     folder = kinds.add_parser("folder", help="images with STEM.png / STEM_*.png masks and STEM.txt captions")
     folder.add_argument("--images", required=True)
     folder.add_argument("--masks", help="folder of mask images (non-zero = object)")
@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("shards", nargs="+")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--strict", action="store_true", help="exit non-zero on any bad record")
-    p.add_argument("--workers", type=_at_least(0, int), default=1, help="processes scanning shards in parallel")
+    p.add_argument("--workers", type=_at_least(1, int), default=1, help="processes scanning shards in parallel")
     _retry_arguments(p)
 
     policy_help = ("the mask policy: mask source or mix (segmentation, brush, box, border, or e.g. "
@@ -108,22 +108,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("shards", nargs="+")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--samples", type=_at_least(1, int), default=8)
-    p.add_argument("--resolution", type=_at_least(1, int), default=None,
-                   help="crop size (default: --config's, else 256)")
+    p.add_argument("--resolution", type=_at_least(8, int), default=None, help="crop size (default: --config's, else 256)")
     p.add_argument("--mask-mode", type=parse_mask_mode, default=None, help=policy_help)
     p.add_argument("--config", metavar="YAML", help="a `brushtrain fit` config: use its data.mask and data.resolution")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_at_least(0, int), default=0)
 
     p = sub.add_parser("bench", help="samples/s of the training stream (last line: JSON)")
     p.add_argument("shards", nargs="+")
-    p.add_argument("--resolution", type=_at_least(1, int), default=None,
-                   help="crop size (default: --config's, else 512)")
+    p.add_argument("--resolution", type=_at_least(8, int), default=None, help="crop size (default: --config's, else 512)")
     p.add_argument("--mask-mode", type=parse_mask_mode, default=None, help=policy_help)
     p.add_argument("--config", metavar="YAML", help="a `brushtrain fit` config: use its data.mask and data.resolution")
     p.add_argument("--mask-stats", action="store_true",
                    help="add the hole statistics of the keep masks the stream yields to the JSON line ('masks')")
-    p.add_argument("--workers", type=_at_least(0, int), default=0,
-                   help="DataLoader worker processes (0: in this process)")
+    p.add_argument("--workers", type=_at_least(0, int), default=0, help="DataLoader worker processes (0: in this process)")
     p.add_argument("--batch-size", type=_at_least(1, int), default=8)
     p.add_argument("--samples", type=_at_least(1, int), default=500)
     _retry_arguments(p)
@@ -182,8 +179,8 @@ def _data_config(args, default_resolution: int, **overrides):
         resolution = args.resolution
     where = " and ".join(n for n, given in ((f"--config {args.config}", args.config), ("--mask-mode", args.mask_mode))
                          if given) or "the defaults"
-    if resolution < 1:
-        raise ToolConfigError(f"{where}: data.resolution must be >= 1, got {resolution}")
+    if resolution < 8:
+        raise ToolConfigError(f"{where}: data.resolution must be >= 8, got {resolution}")
     mask = MaskConfig(**OmegaConf.to_container(mask))
     try:
         mask.policy()  # checks the weights and probabilities
@@ -225,7 +222,14 @@ def _synth(args) -> int:
 
 
 def _build(args) -> int:
+    from pathlib import Path
+
     from data.build import build_from_coco, build_from_folder
+
+    for flag in ("images",) + (("masks", "captions") if args.source == "folder" else ()):
+        folder = getattr(args, flag)
+        if folder is not None and not Path(folder).is_dir():
+            raise ToolConfigError(f"--{flag} {folder} is not a folder")
 
     common = dict(max_samples=args.max_samples, max_bytes=args.max_bytes)
     if args.source == "coco":
@@ -265,7 +269,14 @@ def _validate(args) -> int:
 
 
 def _preview(args) -> int:
+    from pathlib import Path
+
+    from PIL import Image
+
     from data.preview import preview_grid
+
+    if Path(args.out).suffix.lower() not in Image.registered_extensions() or Path(args.out).is_dir():
+        raise ToolConfigError(f"--out {args.out}: give an image file name (.png, .jpg, ...)")
 
     cfg = _data_config(args, 256, batch_size=1, num_workers=0, seed=args.seed, shuffle_buffer=1)
     print(f"wrote {preview_grid(cfg, args.out, args.samples)}")

@@ -107,6 +107,50 @@ def test_resume_auto_skips_damaged_checkpoints_and_says_why(tmp_path):
         resolve_resume(str(ckpts / "step-00000030" / "model.ckpt"), tmp_path)
 
 
+def test_a_path_that_is_no_checkpoint_is_refused_by_name(tmp_path, capsys):
+    """resume= and export with a picture, a folder of something else, or the checkpoints/ folder itself."""
+    _saved(tmp_path, 10, 20)
+    ckpts = tmp_path / "checkpoints"
+    picture, other = tmp_path / "photo.png", tmp_path / "other"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    with pytest.raises(CheckpointError, match=r"photo.png is not a checkpoint \(a PyTorch .ckpt/.pt archive\)"):
+        resolve_resume(str(picture), tmp_path)
+    with pytest.raises(CheckpointError, match=r"other is not a checkpoint: neither a BrushTrain/Lightning checkpoint"):
+        resolve_resume(str(other), tmp_path)
+    assert resolve_resume(str(ckpts), tmp_path) == ckpts / "step-00000020" / "model.ckpt"  # its `latest` is ours
+    for path in (picture, other):
+        assert main(["export", str(path), str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"brushtrain export: {path} is not a checkpoint") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_never_replaces_a_folder_that_is_not_a_branch(tmp_path, capsys):
+    """`brushtrain export runs/x runs/x` deleted the run (checkpoints and all) to put the branch there."""
+    from train.engine.export import target_problem
+
+    _saved(tmp_path, 10)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for target in (tmp_path, tmp_path / "checkpoints", tmp_path / "notes.txt", tmp_path / "notes.txt" / "branch"):
+        assert main(["export", str(tmp_path), str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"brushtrain export: cannot export to {target}: ") and "Traceback" not in err, err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing was deleted"
+    assert "is not a branch folder (it holds checkpoints, notes.txt)" in target_problem(tmp_path)
+    assert target_problem(tmp_path / "notes.txt") == f"{tmp_path / 'notes.txt'} exists and is a file"
+    branch = tmp_path / "earlier-export"
+    branch.mkdir()
+    assert target_problem(branch) is None  # empty
+    (branch / "config.json").write_text('{"_class_name": "BrushNetModel"}')
+    (branch / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    assert target_problem(branch) is None  # an earlier export: replaced
+    (branch / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    assert "is not a branch folder" in target_problem(branch)
+
+
 def test_old_checkpoints_without_a_manifest_resume_with_what_can_be_checked(tmp_path):
     cb = _saved(tmp_path, 10)
     folder = cb.last_saved

@@ -43,6 +43,15 @@ def test_demo_rejects_bad_config(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_demo_refuses_out_of_range_values_in_one_message(tmp_path, capsys):
+    """steps=0 ran with no step, steps=-1 / size=4 / scheduler=nosuch were tracebacks."""
+    assert main(["demo", f"out_dir={tmp_path}", "steps=-1", "size=4", "scheduler=nosuch", "conditioning_scale=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("brushtrain demo: config error: size must be >= 8 (the VAE's factor), got 4; steps must be "
+                          ">= 1, got -1; conditioning_scale must be >= 0, got -1.0; scheduler: unknown scheduler 'nosuch'")
+    assert "Traceback" not in err and not any(tmp_path.iterdir())
+
+
 def test_overrides_may_follow_a_later_config_option(tmp_path, capsys, monkeypatch):
     import train.commands.fit as fit_module
 
@@ -50,3 +59,65 @@ def test_overrides_may_follow_a_later_config_option(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(fit_module, "run", lambda args: seen.update(config=args.config, overrides=args.overrides))
     assert main(["fit", "-c", "a.yaml", "resume=auto", "-c", "b.yaml", "x=1"]) == 0
     assert seen == {"config": ["a.yaml", "b.yaml"], "overrides": ["resume=auto", "x=1"]}
+
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+# Where the README describes each command's flags (up to the next top-level heading).
+README_SECTIONS = {"fit": "## Training", "export": "## Training", "evaluate": "## Evaluate", "data": "## Data",
+                   "sample": "**`brushtrain sample`**", "demo": "`brushtrain demo`"}
+
+
+def _readme_section(command: str | None) -> str:
+    if command is None:
+        return README
+    start = README.index(README_SECTIONS[command])
+    end = README.find("\n## ", start + 1)
+    return README[start:end if end > 0 else None]
+
+
+def _flags(parser, path=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _flags(sub, (*path, name))
+        elif action.option_strings and "-h" not in action.option_strings:
+            yield path, action.option_strings
+
+
+def test_every_flag_is_described_in_its_readme_section():
+    from train.cli import build_parser
+
+    missing = [f"{' '.join(path) or 'brushtrain'} {'/'.join(options)}" for path, options in _flags(build_parser())
+               if not any(o in _readme_section(path[0] if path else None) for o in options)]
+    assert missing == [], "flags the README does not describe where their command is"
+
+
+def test_every_config_key_is_in_the_readme():
+    from omegaconf import OmegaConf
+
+    from train.commands.demo import DemoConfig
+    from train.schema import FitConfig
+
+    def leaves(node, prefix=""):
+        for key in node.keys():
+            child = node._get_node(key)
+            yield from leaves(child, f"{prefix}{key}.") if OmegaConf.is_dict(child) else [f"{prefix}{key}"]
+
+    def documented(key: str) -> bool:  # by full name, or as a leaf of a group with its own table (`data.mask.*`)
+        parent, _, leaf = key.rpartition(".")
+        return f"`{key}`" in README or (f"`{parent}.*`" in README and f"`{leaf}`" in README)
+
+    assert [k for k in leaves(OmegaConf.structured(FitConfig)) if not documented(k)] == []
+    demo = _readme_section("demo")
+    assert [k for k in leaves(OmegaConf.structured(DemoConfig)) if f"`{k}`" not in demo] == []
+
+
+def test_version(capsys):
+    import pytest
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"brushtrain {version('brushtrain')}\n"

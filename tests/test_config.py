@@ -46,3 +46,27 @@ def test_unknown_keys_and_bad_types_are_named(tmp_path):
 def test_secrets_are_not_written():
     text = to_yaml(compose(Schema, overrides=["inner.api_key=sk-123"]))
     assert "sk-123" not in text and "<redacted>" in text
+
+
+@dataclass
+class WithList:
+    shards: list = field(default_factory=list)
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_files_that_are_not_a_yaml_mapping_are_named(tmp_path):
+    cases = {
+        "broken.yaml": ("steps: [1\n", r"broken\.yaml is not valid YAML: .*line"),
+        "list.yaml": ("- 1\n- 2\n", r"list\.yaml must hold a mapping of keys .*got a list"),
+        "binary.yaml": (None, r"binary\.yaml is not valid YAML"),
+        "clash.yaml": ("shards: {a: 1}\n", r"clash\.yaml: key 'shards': got a mapping, expected a list"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff" if text is None else text.encode())
+        with pytest.raises(ConfigError, match=message):
+            compose(WithList, [path])
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        compose(WithList, [tmp_path])
+    with pytest.raises(ConfigError, match=r"shards=\{a: 1\}: key 'shards': got a mapping, expected a list"):
+        compose(WithList, overrides=["shards={a: 1}"])

@@ -284,6 +284,7 @@ def _tool_fixture(tmp_path) -> None:
     (images / "a.txt").write_bytes(b"\xff\xfe not UTF-8")
     (tmp_path / "masks").mkdir()
     (tmp_path / "masks" / "b.png").write_bytes(b"not a PNG")
+    (tmp_path / "folder.png").mkdir()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -294,17 +295,18 @@ def _tool_fixture(tmp_path) -> None:
     (["bench", "{t}/good", "--mask-mode", "brush=-1"], "--mask-mode: mask source weights must be >= 0"),
     (["preview", "{t}/good", "--out", "{t}/x.png", "--config", "{t}/bad_policy.yaml"],
      "bad_policy.yaml: opening_p must be in [0, 1], got 2.0"),
-    (["bench", "{t}/good", "--config", "{t}/zero_resolution.yaml"], "data.resolution must be >= 1, got 0"),
-    (["preview", "{t}/good", "--out", "{t}/good"], "Is a directory"),
+    (["bench", "{t}/good", "--config", "{t}/zero_resolution.yaml"], "data.resolution must be >= 8, got 0"),
+    (["preview", "{t}/good", "--out", "{t}/good"], "give an image file name"),
+    (["preview", "{t}/good", "--out", "{t}/folder.png"], "give an image file name"),
     (["synth", "{t}/s", "--min-size", "100", "--max-size", "50"], "--min-size 100 is larger than --max-size 50"),
-    (["bench", "{t}/good", "--resolution", "0"], "argument --resolution: must be >= 1, got 0"),
-    (["preview", "{t}/good", "--out", "{t}/x.png", "--resolution", "-5"], "argument --resolution: must be >= 1"),
+    (["bench", "{t}/good", "--resolution", "0"], "argument --resolution: must be >= 8, got 0"),
+    (["preview", "{t}/good", "--out", "{t}/x.png", "--resolution", "-5"], "argument --resolution: must be >= 8"),
     (["bench", "{t}/good", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
     (["bench", "{t}/good", "--workers", "-1"], "argument --workers: must be >= 0"),
     (["bench", "{t}/good", "--samples", "0"], "argument --samples: must be >= 1"),
     (["preview", "{t}/good", "--out", "{t}/x.png", "--samples", "0"], "argument --samples: must be >= 1"),
     (["synth", "{t}/s", "--per-shard", "0"], "argument --per-shard: must be >= 1"),
-    (["synth", "{t}/s", "--min-size", "0"], "argument --min-size: must be >= 1"),
+    (["synth", "{t}/s", "--min-size", "0"], "argument --min-size: must be >= 16"),
     (["build", "folder", "--images", "{t}/images", "--out", "{t}/o", "--max-samples", "0"],
      "argument --max-samples: must be >= 1"),
 ])
@@ -341,3 +343,51 @@ def test_a_preview_of_bad_records_only_says_so(tmp_path, capsys):
     assert main(["data", "preview", str(tmp_path / "bad"), "--out", str(tmp_path / "x.png")]) == 1
     err = capsys.readouterr().err
     assert "no good samples to preview" in err and "size_mismatch" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["synth", "OUT", "--per-shard", "0"], "argument --per-shard: must be >= 1, got 0"),  # was ValueError in the writer
+    (["synth", "OUT", "--samples", "0"], "argument --samples: must be >= 1, got 0"),  # wrote nothing, exit 0
+    (["build", "folder", "--images", "SHARDS", "--out", "OUT", "--max-samples", "0"], "argument --max-samples: must be >= 1"),
+    (["validate", "SHARDS", "--workers", "0"], "argument --workers: must be >= 1, got 0"),
+    (["preview", "SHARDS", "--out", "OUT/p.png", "--resolution", "0"], "argument --resolution: must be >= 8, got 0"),
+    (["preview", "SHARDS", "--out", "OUT/p.png", "--samples", "0"], "argument --samples: must be >= 1, got 0"),
+    (["bench", "SHARDS", "--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),  # ZeroDivisionError
+    (["bench", "SHARDS", "--workers", "-1"], "argument --workers: must be >= 0, got -1"),
+])
+def test_out_of_range_arguments_are_usage_errors(tmp_path, capsys, args, message):
+    args = [a.replace("SHARDS", str(tmp_path)).replace("OUT", str(tmp_path / "out")) for a in args]
+    with pytest.raises(SystemExit) as info:
+        main(["data", *args])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unusable_inputs_are_one_message_without_traceback(tmp_path, capsys):
+    """Each was a traceback (ValueError low >= high, PIL's unknown file extension, the mask policy's ValueError,
+    pycocotools' AssertionError / UnicodeDecodeError) or, for a missing --masks folder, records without masks."""
+    shards = tmp_path / "shards"
+    assert main(["data", "synth", str(shards), "--samples", "4", "--per-shard", "4"]) == 0
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(16))
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a.png")
+    cases = [
+        (["synth", str(tmp_path / "s"), "--min-size", "100", "--max-size", "50"], "--min-size 100 is larger than --max-size 50"),
+        (["preview", str(shards), "--out", str(tmp_path / "grid")], f"--out {tmp_path / 'grid'}: give an image file name"),
+        (["preview", str(shards), "--out", str(tmp_path / "g.png"), "--mask-mode", "segmentation=0"],
+         "--mask-mode: mask source weights must be >= 0 with a positive sum"),
+        (["bench", str(shards), "--mask-mode", "brush=-1"], "must be >= 0 with a positive sum"),
+        (["build", "folder", "--images", str(tmp_path), "--masks", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")],
+         f"--masks {tmp_path / 'nowhere'} is not a folder"),
+        (["build", "coco", "--images", str(tmp_path), "--instances", str(tmp_path / "list.json"), "--out", str(tmp_path / "b")],
+         f"--instances {tmp_path / 'list.json'} is not a COCO annotation file"),
+        (["build", "coco", "--images", str(tmp_path), "--instances", str(tmp_path / "photo.png"), "--out", str(tmp_path / "b")],
+         f"--instances {tmp_path / 'photo.png'} is not a COCO annotation file"),
+    ]
+    for args, message in cases:
+        capsys.readouterr()
+        assert main(["data", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("brushtrain data: ") and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "s").exists()

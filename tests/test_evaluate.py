@@ -408,6 +408,48 @@ def test_bad_input_is_one_message_without_traceback(setup, tmp_path, capsys):
     assert not (tmp_path / "out" / "branch").exists()  # refused before any work
 
 
+def test_a_rerun_with_other_generation_settings_is_refused_not_mixed(setup, tmp_path, capsys):
+    """A rerun skips existing images: with another base, steps or seed it reported the old images under the new
+    settings. Settings that only change the scoring (metrics, convention) still reuse them."""
+    from train.cli import main
+    from train.commands.evaluate import SETTINGS_FILE
+
+    out = tmp_path / "out"
+    assert main(command(setup, out, "--limit", "1", "--metrics", "psnr")) == 0
+    image = out / "branch" / "images" / "im0.png"
+    mtime = image.stat().st_mtime_ns
+    assert json.loads((out / "branch" / SETTINGS_FILE).read_text())["steps"] == 2
+    capsys.readouterr()
+    for extra, differs in ((["--steps", "3"], "steps 2 then, 3 now"), (["--seed", "7"], "seed 1234 then, 7 now"),
+                           (["--base", "tiny:sd15"], f"base '{setup['base']}' then, 'tiny:sd15' now")):
+        args = command(setup, out, "--limit", "1", "--metrics", "psnr")
+        if extra[0] == "--base":
+            args[args.index("--base") + 1] = extra[1]
+        else:
+            args += extra
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"brushtrain evaluate: {out / 'branch'} holds images generated with other settings ({differs}" in err, err
+        assert "Traceback" not in err
+    assert image.stat().st_mtime_ns == mtime
+    assert main(command(setup, out, "--limit", "1", "--metrics", "psnr", "mse", "--metric-convention", "reference")) == 0
+    assert image.stat().st_mtime_ns == mtime, "scoring settings reuse the images"
+
+
+def test_generation_flags_are_checked_before_any_work(setup, tmp_path, capsys):
+    """An unknown --scheduler failed after the base loaded (ValueError traceback), --device gpu in torch."""
+    from train.cli import main
+
+    out = tmp_path / "out"
+    for extra, message in ((["--scheduler", "nosuch"], "--scheduler: unknown scheduler 'nosuch'"),
+                           (["--device", "gpu"], "--device 'gpu' is not a device name"),
+                           (["--scale", "-1"], "--scale and --guidance must be >= 0")):
+        assert main(command(setup, out, *extra)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("brushtrain evaluate: ") and message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
 def test_killed_run_resumes(setup, tmp_path):
     """Kill the command once its first image is written; the rerun keeps that image and completes the table."""
     import time

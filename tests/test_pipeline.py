@@ -132,3 +132,28 @@ def test_blend_formula():
     assert out[20, 20].tolist() == [250] * 3  # inside the hole: generated
     assert out[0, 0].tolist() == [10] * 3  # far away: original
     assert 10 < out[20, 24, 0] < 250  # on the blurred border: a mix
+
+
+def test_a_branch_for_another_layout_or_no_branch_is_refused_by_name(tiny_sd15, tiny_sdxl, tmp_path):
+    """An SDXL branch on an SD1.5 base failed inside the first denoising step (a ValueError about added_cond_kwargs),
+    a UNet folder given as the branch with 'unsupported BrushNet config'; both are user mistakes (UserError)."""
+    from common.errors import UserError
+    from conftest import OFFICIAL
+
+    from train.model.brushnet import BranchError
+    from train.model.components import ModelLoadError, load_base
+
+    with pytest.raises(BranchError, match="made for the SDXL layout, the base's UNet has the SD1.5 layout"):
+        BrushNetInpaintPipeline(tiny_sd15, BrushNetModel.from_unet(tiny_sdxl.unet))
+    with pytest.raises(BranchError, match="made for the SD1.5 layout, the base's UNet has the SDXL layout"):
+        BrushNetInpaintPipeline(tiny_sdxl, BrushNetModel.from_unet(tiny_sd15.unet))
+    with pytest.raises(BranchError, match="unet holds a UNet2DConditionModel, not a BrushNet branch"):
+        BrushNetModel.from_pretrained(OFFICIAL / "unet")
+    with pytest.raises(BranchError, match="is not a branch folder: it has no config.json"):
+        BrushNetModel.from_pretrained(tmp_path)
+    with pytest.raises(BranchError, match="does not exist"):
+        BrushNetModel.from_pretrained(tmp_path / "missing")
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(ModelLoadError, match=f"base model {tmp_path} cannot be loaded"):
+        load_base(tmp_path)
+    assert issubclass(BranchError, UserError) and issubclass(ModelLoadError, UserError)

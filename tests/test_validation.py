@@ -16,6 +16,7 @@ from train.schema import FitConfig
 from train.setup.validation import RULES, TYPE_ONLY
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "official-tiny"  # a reference SD1.5 and SDXL branch, and a UNet folder
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 
 # (overrides typed on the command line, a piece of the message that must name the problem)
@@ -56,6 +57,12 @@ BAD_SETTINGS = [
     (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps must be an integer >= 1, got 0"),
     (["trainer.seed=-1"], "trainer.seed must be an integer in 0 .. 2**32-1, got -1"),
     (["trainer.precision=16-mixed"], "trainer.precision=16-mixed is not supported on the CPU"),
+    (["trainer.precision=bf16-true"], "trainer.precision=bf16-true casts the branch to bf16 with no autocast, so the "
+     "frozen parts must be bf16 too: set model.frozen_dtype=bf16 (got fp32)"),  # was a dtype-mismatch traceback
+    (["trainer.precision=16-true", "model.frozen_dtype=bf16"], "set model.frozen_dtype=fp16 (got bf16)"),
+    (["trainer.precision=64-true"], "trainer.precision=64-true: the frozen parts run in model.frozen_dtype"),
+    pytest.param(["trainer.precision=bf16-mixed", "model.frozen_dtype=fp16"],
+                 "trainer.precision=bf16-mixed with model.frozen_dtype=fp16 does not run on the CPU", marks=NO_GPU),
     (["trainer.strategy=deepspeed", "deepspeed.allow_cpu=true", "deepspeed.stage=4"], "deepspeed.stage must be ZeRO stage 1, 2 or 3, got 4"),
     (["trainer.strategy=deepspeed", "deepspeed.allow_cpu=true", "deepspeed.offload_params=true"], "deepspeed.offload_params=true needs deepspeed.stage=3 (got 2)"),
     (["trainer.strategy=deepspeed", "deepspeed.allow_cpu=true", "trainer.precision=64-true"], "trainer.precision=64-true is not available with DeepSpeed"),
@@ -70,6 +77,9 @@ BAD_SETTINGS = [
     (["samples.scheduler=nosuch"], "samples.scheduler must be unipc, "),
     (["samples.count=0"], "samples.count must be an integer >= 1, got 0"),
     (["samples.every_n_steps=-200"], "samples.every_n_steps must be an integer >= 0 (0: only at the start), got -200"),
+    (["samples.source=folder", f"samples.folder={FIXTURES}"], "holds no STEM.jpg / STEM.png images"),  # was after loading
+    ([f"data.sizes_file={FIXTURES}/brushnet_keys.json"], "is not a JSON object of shard name -> record count"),
+    ([f"data.sizes_file={ROOT}/README.md"], "data.sizes_file"),  # was a JSONDecodeError traceback
     (["synth.min_size=200"], "synth.min_size=200 is larger than synth.max_size=96"),
     (["synth.per_shard=0"], "synth.per_shard must be an integer >= 1, got 0"),
     (["metrics.peak_tflops=0"], "metrics.peak_tflops must be null (known GPUs) or a number > 0, got 0.0"),
@@ -77,6 +87,15 @@ BAD_SETTINGS = [
     (["logging.wandb_mode=sometimes"], "logging.wandb_mode must be null (offline unless logged in), online or offline"),
     (["model.base=tiny:sd99"], "generated bases are tiny:sd15, tiny:sdxl, random:sd15, random:sdxl"),
     (["model.brushnet=./no/such/branch"], "model.brushnet './no/such/branch' does not exist"),
+    ([f"model.brushnet={FIXTURES}/unet"], f"model.brushnet: {FIXTURES}/unet holds a UNet2DConditionModel, not a BrushNet branch"),
+    ([f"model.brushnet={FIXTURES}/sdxl/brushnet"], f"model.brushnet '{FIXTURES}/sdxl/brushnet' does not fit model.base "
+     "'tiny:sd15': it was made for the SDXL layout, the base's UNet has the SD1.5 layout (block_out_channels"),
+    (["model.base=tiny:sdxl", "data.resolution=64", f"model.brushnet={FIXTURES}/brushnet"],
+     "does not fit model.base 'tiny:sdxl': it was made for the SD1.5 layout, the base's UNet has the SDXL layout"),
+    ([f"model.vae={FIXTURES}/unet"], f"model.vae '{FIXTURES}/unet' holds a UNet2DConditionModel, not a VAE (AutoencoderKL)"),
+    ([f"model.vae={FIXTURES}"], f"model.vae '{FIXTURES}' is not a VAE folder (no readable config.json, nor vae/config.json)"),
+    ([f"model.base={FIXTURES}/sdxl"], f"model.base '{FIXTURES}/sdxl' is not a complete diffusers model folder (no "
+     "scheduler, text_encoder, tokenizer, vae, text_encoder_2, tokenizer_2)"),
     (["resume=/no/checkpoint"], "resume '/no/checkpoint' does not exist"),
     (["data.shards=/nowhere/shard-{0..3}.tar", "synth.enabled=false"], "data.shards: shard '/nowhere/shard-0.tar'"),
     (["synth.enabled=false"], "data.shards is empty (set it, or synth.enabled=true for synthetic data)"),
@@ -140,6 +159,16 @@ def test_the_shipped_configs_pass(tmp_path):
         extra = [] if torch.cuda.is_available() or name == "tiny_cpu" else ["trainer.accelerator=cpu", "trainer.precision=32-true"]
         cfg, launch = load_fit_config([f"configs/{name}.yaml"], [f"data.shards={shards}", f"output_dir={tmp_path / name}", *extra])
         assert problems(cfg, launch) == [], name
+
+
+def test_branches_of_the_base_s_layout_pass(tmp_path):
+    from train.commands.fit import load_fit_config
+    from train.setup.validation import problems
+
+    for base, branch in (("tiny:sd15", FIXTURES / "brushnet"), ("tiny:sdxl", FIXTURES / "sdxl" / "brushnet")):
+        cfg, launch = load_fit_config([], [f"model.base={base}", f"model.brushnet={branch}", "data.resolution=64",
+                                           f"output_dir={tmp_path}"])
+        assert problems(cfg, launch) == [], base
 
 
 def test_cross_checks_for_keys_other_branches_add():

@@ -159,15 +159,48 @@ def test_sample_command_writes_an_image_of_the_input_size(tmp_path, capsys):
     Image.fromarray(mask).save(tmp_path / "mask.png")
     args = ["sample", "--base", str(base), "--brushnet", str(tmp_path / "branch"), "--image", str(tmp_path / "in.png"),
             "--mask", str(tmp_path / "mask.png"), "--prompt", "a red box", "--steps", "3", "--out",
-            str(tmp_path / "out.png"), "--grid", str(tmp_path / "grid.png"), "--scheduler", "ddim"]
-    assert main(args) == 0
+            str(tmp_path / "out.png"), "--grid", str(tmp_path / "grids" / "grid.png"), "--scheduler", "ddim"]
+    assert main(args) == 0  # (the grid's folder is made, as the result's is)
     assert Image.open(tmp_path / "out.png").size == (90, 70)
-    assert Image.open(tmp_path / "grid.png").size == (4 * 90, 70)
+    assert Image.open(tmp_path / "grids" / "grid.png").size == (4 * 90, 70)
     Image.fromarray(mask[:50]).save(tmp_path / "small.png")
     capsys.readouterr()
     assert main(["sample", "--base", str(base), "--brushnet", str(tmp_path / "branch"), "--image", str(tmp_path / "in.png"),
                  "--mask", str(tmp_path / "small.png"), "--prompt", "x", "--out", str(tmp_path / "x.png")]) == 2
     assert "is 90x50, image is 90x70" in capsys.readouterr().err
+
+
+def test_sample_command_refuses_bad_input_by_name_without_traceback(tmp_path, capsys, monkeypatch):
+    """Each was a traceback (a non-image file, an unknown scheduler, an SDXL branch on SD1.5, --device cuda without
+    a GPU) or a silent result (--steps 0 wrote the noise decoded, --scale -1 ran a negated branch)."""
+    from train.model.tiny import write_tiny_base
+
+    base = write_tiny_base(tmp_path / "base", "sd15")
+    official = Path(__file__).parent / "fixtures" / "official-tiny"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "in.png")
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(tmp_path / "mask.png")
+    (tmp_path / "notes.png").write_text("not a picture")
+
+    def sample(*extra, image="in.png", mask="mask.png", branch=official / "brushnet"):
+        capsys.readouterr()
+        code = main(["sample", "--base", str(base), "--brushnet", str(branch), "--image", str(tmp_path / image),
+                     "--mask", str(tmp_path / mask), "--prompt", "x", "--steps", "2", "--out", str(tmp_path / "o.png"),
+                     *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("brushtrain sample: ") and "Traceback" not in err, err
+        return err
+
+    assert f"--image {tmp_path / 'notes.png'} is not an image PIL can read" in sample(image="notes.png")
+    assert f"--mask {tmp_path / 'notes.png'} is not an image PIL can read" in sample(mask="notes.png")
+    assert "--steps must be >= 1, got 0; --scale must be >= 0 (0 = branch off), got -1.0" in sample(
+        "--steps", "0", "--scale", "-1")
+    assert "--scheduler: unknown scheduler 'nosuch'" in sample("--scheduler", "nosuch")
+    assert "--device 'gpu' is not a device name" in sample("--device", "gpu")
+    assert "the file name must end in an image type" in sample("--grid", str(tmp_path / "grid"))
+    assert f"--brushnet: {official / 'unet'} holds a UNet2DConditionModel, not a BrushNet branch" in sample(
+        branch=official / "unet")
+    assert "made for the SDXL layout, the base's UNet has the SD1.5 layout" in sample(branch=official / "sdxl" / "brushnet")
+    assert not (tmp_path / "o.png").exists()
 
 
 @pytest.mark.parametrize("arch, resolution, tflop", [("sd15", 512, 5.30), ("sdxl", 1024, 29.2)])

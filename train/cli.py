@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="brushtrain",
         description="BrushTrain: train and run BrushNet inpainting branches for Stable Diffusion (SD1.5, SDXL).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -36,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("brushtrain")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        return "(not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Type
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -37,22 +38,29 @@ def compose(schema: Type, files: Sequence[str | Path] = (), overrides: Sequence[
     merged = OmegaConf.structured(schema)
     for file in files:
         path = resolve_config(file)  # a path, or a shipped config by name (`-c sd15_segmentation`)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder, not a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist (shipped configs: {', '.join(shipped())})")
         try:
             layer = OmegaConf.load(path)
-            merged = OmegaConf.merge(merged, layer)
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:  # not YAML at all: the parser's first line says where
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{path}: {_describe(exc)}") from None
+        if layer is None or not OmegaConf.is_dict(layer):  # a list or a plain value at the top
+            raise ConfigError(f"{path} must hold a mapping of keys (e.g. 'trainer: {{max_steps: 10}}'), "
+                              f"got a {'list' if OmegaConf.is_list(layer) else type(layer).__name__}")
+        merged = _merge(merged, layer, str(path))
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}")
     problems = []
     for override in overrides:  # one at a time, so that every bad one is named in the same message
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
-        except OmegaConfBaseException as exc:
-            problems.append(f"{override}: {_describe(exc)}")
+            merged = _merge(merged, OmegaConf.from_dotlist([override]), override)
+        except ConfigError as exc:
+            problems.append(str(exc))
     if problems:
         raise ConfigError(f"command-line override{'s' if len(problems) > 1 else ''} {'; '.join(problems)}")
     try:
@@ -64,6 +72,32 @@ def compose(schema: Type, files: Sequence[str | Path] = (), overrides: Sequence[
         raise ConfigError(f"required keys not set: {', '.join(missing)} (set them in a config file or as key=value)")
     OmegaConf.set_readonly(merged, True)
     return merged
+
+
+def _merge(merged: DictConfig, layer: DictConfig, where: str) -> DictConfig:
+    """``merged`` with ``layer`` over it, or a :class:`ConfigError` naming ``where`` and the key that cannot merge."""
+    try:
+        return OmegaConf.merge(merged, layer)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where}: {_describe(exc)}") from None
+    except TypeError:  # OmegaConf: a mapping where the schema holds a list, or a list where it holds a mapping
+        raise ConfigError(f"{where}: {_container_clash(merged, layer)}") from None
+
+
+def _container_clash(merged, layer, prefix: str = "") -> str:
+    """Which key of ``layer`` is a mapping/list where ``merged`` has the other kind."""
+    for key in layer.keys():
+        new, old = layer._get_node(key), merged._get_node(key) if key in merged else None
+        full = f"{prefix}{key}"
+        if OmegaConf.is_dict(new) and OmegaConf.is_dict(old):
+            found = _container_clash(old, new, full + ".")
+            if found:
+                return found
+        elif old is not None and OmegaConf.is_config(new) and OmegaConf.is_config(old) \
+                and OmegaConf.is_dict(new) != OmegaConf.is_dict(old):
+            kind = lambda n: "a mapping" if OmegaConf.is_dict(n) else "a list"  # noqa: E731
+            return f"key {full!r}: got {kind(new)}, expected {kind(old)}"
+    return "a mapping and a list cannot be merged"
 
 
 def _describe(exc: OmegaConfBaseException) -> str:

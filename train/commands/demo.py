@@ -61,14 +61,35 @@ def synthetic_scene(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np
     return image, mask
 
 
+def _check(cfg) -> None:
+    """Every key's range, all problems in one ConfigError (they were tracebacks from the pipeline or OpenCV)."""
+    from train.config import ConfigError
+    from train.model.pipeline import scheduler_class
+
+    problems = []
+    if cfg.kind not in ("sd15", "sdxl"):
+        problems.append(f"kind must be 'sd15' or 'sdxl', got {cfg.kind!r}")
+    if cfg.size < 8:
+        problems.append(f"size must be >= 8 (the VAE's factor), got {cfg.size}")
+    if cfg.steps < 1:
+        problems.append(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.guidance_scale is not None and cfg.guidance_scale < 0:
+        problems.append(f"guidance_scale must be null or >= 0, got {cfg.guidance_scale}")
+    if cfg.conditioning_scale < 0:
+        problems.append(f"conditioning_scale must be >= 0, got {cfg.conditioning_scale}")
+    try:
+        scheduler_class(cfg.scheduler)
+    except ValueError as exc:
+        problems.append(f"scheduler: {exc}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def run(args: argparse.Namespace) -> int:
     from train.config import compose
 
     cfg = compose(DemoConfig, args.config, args.overrides)
-    if cfg.kind not in ("sd15", "sdxl"):
-        from train.config import ConfigError
-
-        raise ConfigError(f"kind must be 'sd15' or 'sdxl', got {cfg.kind!r}")
+    _check(cfg)
 
     import torch
     from PIL import Image

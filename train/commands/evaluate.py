@@ -33,7 +33,7 @@ from pathlib import Path
 from common.errors import UserError
 from common.files import write_bytes_atomic
 
-__all__ = ["add_arguments", "run", "EvaluateError", "summarize"]
+__all__ = ["add_arguments", "run", "EvaluateError", "summarize", "generation_settings", "SETTINGS_FILE"]
 
 DEFAULT_METRICS = ("psnr", "mse", "lpips", "ssim", "clip_similarity", "aesthetic", "image_reward", "hps_v21")
 
@@ -104,8 +104,11 @@ def _methods(args) -> list[tuple[str, str | None, float]]:
         raise EvaluateError(f"--name given {len(args.name)} times for {len(args.brushnet)} --brushnet")
     out, seen = [], set()
     for i, path in enumerate(args.brushnet):
-        if not Path(path).exists() and path.count("/") != 1:
-            raise EvaluateError(f"--brushnet {path} does not exist (and is not a hub id like org/name)")
+        from train.model.brushnet import branch_folder_problem
+
+        problem = branch_folder_problem(path)
+        if problem:
+            raise EvaluateError(f"--brushnet: {problem}")
         name = args.name[i] if args.name else Path(path.rstrip("/")).name or f"branch{i}"
         base_name, k = name, 2
         while name in seen or name == "baseline":
@@ -192,12 +195,72 @@ def _load_base(spec: str, out: Path, dtype):
     return load_base(spec, dtype=dtype).freeze()
 
 
+SETTINGS_FILE = ".generation.json"  # in each <out>/<method>/: what its images were generated with
+
+
+def _where(spec: str | None) -> str | None:
+    """A local path made absolute (so ./x and /abs/x compare equal); a hub id or tiny:sd15 as given."""
+    return str(Path(spec).expanduser().resolve()) if spec and Path(spec).expanduser().exists() else spec
+
+
+def generation_settings(args, method) -> dict:
+    """Everything that decides a method's images (not the metrics: a rerun may score the same images otherwise)."""
+    name, path, scale = method
+    settings = {"base": _where(args.base), "brushnet": _where(path) if scale else None, "conditioning_scale": scale,
+                "bench": [args.bench[0], _where(args.bench[1])], "mask": args.mask, "resolution": args.resolution,
+                "steps": args.steps, "seed": args.seed, "guidance": args.guidance, "scheduler": args.scheduler,
+                "blend": args.blend}
+    return json.loads(json.dumps(settings))
+
+
+def _record_generation_settings(args, methods, out: Path, write: bool) -> None:
+    """A rerun skips the images that exist: refuse when they were made with other settings instead of mixing them
+    into one table; rank 0 records the settings before the first image."""
+    for method in methods:
+        folder = out / method[0]
+        record = folder / SETTINGS_FILE
+        want = generation_settings(args, method)
+        if record.is_file():
+            try:
+                have = json.loads(record.read_text())
+            except ValueError:
+                have = {}
+            differ = [k for k in want if have.get(k) != want[k]]
+            if differ:
+                what = "; ".join(f"{k} {have.get(k)!r} then, {want[k]!r} now" for k in differ)
+                raise EvaluateError(
+                    f"{folder} holds images generated with other settings ({what}); a rerun only adds the missing "
+                    f"images, so give another --out (or --name), or remove {folder}")
+            continue
+        if any(folder.rglob("*.png")):
+            print(f"brushtrain evaluate: {folder} holds images without a record of their settings ({SETTINGS_FILE}); "
+                  "they are reused as they are", file=sys.stderr, flush=True)
+        if write:
+            write_bytes_atomic(record, (json.dumps(want, indent=1) + "\n").encode())
+
+
+def _check_branches_fit(args, methods, out: Path) -> None:
+    """Every local branch fits the base's UNet (read off the config files), before any image is made."""
+    from train.model.brushnet import check_fits
+    from train.model.tiny import generated_folder, is_generated
+
+    unet_config = (generated_folder(args.base, out) if is_generated(args.base) else Path(args.base)) / "unet" / "config.json"
+    try:
+        unet = json.loads(unet_config.read_text())
+    except (OSError, ValueError):
+        return  # a hub id, or a generated base another rank is still writing: checked when loaded
+    for _, path, scale in methods:
+        config = Path(path) / "config.json" if path and scale else None
+        if config is not None and config.is_file():
+            check_fits(json.loads(config.read_text()), unet, f"--brushnet {path}", f"--base {args.base}")
+
+
 def generate(args, items, methods, out: Path, rank: int, device, dtype) -> int:
     """Generate this rank's missing images; returns how many were made."""
     import numpy as np
     import torch
 
-    from train.model.brushnet import BrushNetModel
+    from train.model.brushnet import BrushNetModel, check_fits
     from train.model.pipeline import BrushNetInpaintPipeline, blend_with_blurred_mask
 
     todo = [(m, it) for m in methods for it in items if not (out / m[0] / it.out_name).is_file()]
@@ -215,6 +278,7 @@ def generate(args, items, methods, out: Path, rank: int, device, dtype) -> int:
             branch = BrushNetModel.from_unet(base.unet)
         else:
             branch = BrushNetModel.from_pretrained(branch_path, torch_dtype=dtype)
+            check_fits(branch.config, base.unet.config, f"--brushnet {branch_path}", f"--base {args.base}")
         branch = branch.to(device=device, dtype=dtype).eval().requires_grad_(False)
         pipe = BrushNetInpaintPipeline(base, branch, scheduler=args.scheduler)
         for item in mine:
@@ -401,8 +465,21 @@ def run(args: argparse.Namespace) -> int:
             raise EvaluateError(f"{flag} must be >= {low}, got {value}")
     if args.limit is not None and args.limit < 1:
         raise EvaluateError(f"--limit must be >= 1, got {args.limit}")
+    if args.scale < 0 or (args.guidance is not None and args.guidance < 0):
+        raise EvaluateError(f"--scale and --guidance must be >= 0, got {args.scale} and {args.guidance}")
+    from train.model.pipeline import scheduler_class
+
+    try:
+        scheduler_class(args.scheduler)
+    except ValueError as exc:
+        raise EvaluateError(f"--scheduler: {exc}") from None
     if args.resolution % 8:
         raise EvaluateError(f"--resolution must be a multiple of 8 (the VAE's factor), got {args.resolution}")
+    from train.commands.sample import device_problem
+
+    problem = device_problem("--device", args.device)
+    if problem:
+        raise EvaluateError(problem)
     methods = _methods(args)
     _metric_models(args.metric_models)  # a bad file is reported before any work
     kind, source = args.bench
@@ -444,6 +521,8 @@ def run(args: argparse.Namespace) -> int:
 
     if rank == 0 and is_generated(args.base):  # before any rank may wait for it
         write_generated_base(generated_folder(args.base, out), args.base)
+    _check_branches_fit(args, methods, out)
+    _record_generation_settings(args, methods, out, write=rank == 0)
     made = generate(args, mine, methods, out, rank, device, dtype)
     rows, skipped = score(args, mine, methods, out, rank, device)
     write_bytes_atomic(my_part, json.dumps({"fingerprint": fingerprint, "rows": rows, "skipped": skipped}).encode())

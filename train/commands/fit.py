@@ -11,6 +11,9 @@ the defaults (train/schema.py), then
 trainer.devices / num_nodes to the processes they started. The resolved config
 is written to <output_dir>/config.yaml, checkpoints to <output_dir>/checkpoints,
 the final branch to <output_dir>/brushnet (reference layout).
+
+Every key with its default and meaning: the README's "Every brushtrain fit key"
+(and train/schema.py); the values a run would use: --print-config.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, applied last")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (files, overrides and launcher settings; secrets redacted) "
-                             "as YAML and exit")
+                             "as YAML and exit; keys and types are checked, values only when a run starts")
 
 
 def load_fit_config(files, overrides, launch=None):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from train.schema import DTYPE_NAMES
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "device_problem"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,27 +39,100 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="default: fp16 on CUDA, fp32 on CPU")
 
 
+def _open_image(flag: str, path: str):
+    """The file behind --image / --mask as a loaded PIL image, or UsageError naming the flag and the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    from train.config import UsageError
+
+    if not Path(path).is_file():
+        raise UsageError(f"{flag} {path} does not exist" if not Path(path).exists() else f"{flag} {path} is not a file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UsageError(f"{flag} {path} is not an image PIL can read ({exc})") from None
+
+
+def device_problem(flag: str, spec: str | None) -> str | None:
+    """Why --device ``spec`` cannot be used here (not a torch device name, no such GPU), or None."""
+    import torch
+
+    if spec is None:
+        return None
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        return f"{flag} {spec!r} is not a device name (cpu, cuda, cuda:1, ...)"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"{flag} {spec}: this machine has no CUDA GPU (use cpu)"
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        return f"{flag} {spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+    if device.type not in ("cpu", "cuda", "mps"):
+        return f"{flag} {spec}: use cpu or cuda"
+    return None
+
+
+def _check_arguments(args: argparse.Namespace):
+    """Every argument, before a model loads: (image, mask)."""
+    from PIL import Image
+
+    from train.config import UsageError
+    from train.model.brushnet import branch_folder_problem
+    from train.model.pipeline import scheduler_class
+
+    problems = []
+    if args.steps < 1:
+        problems.append(f"--steps must be >= 1, got {args.steps}")
+    if args.scale < 0:
+        problems.append(f"--scale must be >= 0 (0 = branch off), got {args.scale}")
+    if args.guidance is not None and args.guidance < 0:
+        problems.append(f"--guidance must be >= 0, got {args.guidance}")
+    try:
+        scheduler_class(args.scheduler)
+    except ValueError as exc:
+        problems.append(f"--scheduler: {exc}")
+    for flag, path in (("--out", args.out), ("--grid", args.grid)):
+        if path and Path(path).suffix.lower() not in Image.registered_extensions():
+            problems.append(f"{flag} {path}: the file name must end in an image type (.png, .jpg, ...)")
+        elif path and Path(path).is_dir():
+            problems.append(f"{flag} {path} is a folder; give a file name (.png, .jpg, ...)")
+    device = device_problem("--device", args.device)
+    if device:
+        problems.append(device)
+    branch = branch_folder_problem(args.brushnet)
+    if branch:
+        problems.append(f"--brushnet: {branch}")
+    base = Path(args.base).expanduser()
+    if not base.exists() and (args.base.count("/") != 1 or args.base.startswith((".", "/", "~"))):
+        problems.append(f"--base {args.base} does not exist (and is not a hub id like org/name)")
+    if problems:
+        raise UsageError("; ".join(problems))
+    image, mask = _open_image("--image", args.image).convert("RGB"), _open_image("--mask", args.mask)
+    if mask.size != image.size:
+        raise UsageError(f"mask {args.mask} is {mask.size[0]}x{mask.size[1]}, image is {image.size[0]}x{image.size[1]}")
+    if min(image.size) < 8:
+        raise UsageError(f"image {args.image} is {image.size[0]}x{image.size[1]}; both sides must be >= 8 (the VAE's factor)")
+    return image, mask
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
     from PIL import Image
 
-    from train.config import UsageError
     from train.model.pipeline import BrushNetInpaintPipeline
+    from train.setup.runtime import quiet_libraries
 
-    for name in ("image", "mask"):
-        if not Path(getattr(args, name)).is_file():
-            raise FileNotFoundError(f"--{name} {getattr(args, name)} does not exist")
+    image, mask = _check_arguments(args)
+    quiet_libraries()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     from train.model.components import DTYPES
 
     dtype = DTYPES[args.dtype or ("fp16" if device.startswith("cuda") else "fp32")]
     pipe = BrushNetInpaintPipeline.from_pretrained(args.base, args.brushnet, scheduler=args.scheduler, dtype=dtype,
                                                    device=device)
-    image = Image.open(args.image).convert("RGB")
-    mask = Image.open(args.mask)
-    if mask.size != image.size:
-        raise UsageError(f"mask {args.mask} is {mask.size[0]}x{mask.size[1]}, image is {image.size[0]}x{image.size[1]}")
     result = pipe(image, mask, args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, conditioning_scale=args.scale, blend=not args.no_blend,
                   generator=torch.Generator().manual_seed(args.seed))[0]
@@ -71,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
         rgb = np.asarray(image)
         masked, mask_rgb = mask_pictures(rgb, mask)
+        Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.concatenate([rgb, mask_rgb, masked, np.asarray(result)], axis=1)).save(args.grid)
         print(f"wrote {args.grid} (input | mask | masked input | result)")
     return 0

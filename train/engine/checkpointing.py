@@ -110,8 +110,9 @@ def checkpoint_file(path: str | Path) -> Path:
 def verified(path: str | Path, say=print) -> Path:
     """A checkpoint path given by the user (step folder, file in one, run folder, DeepSpeed folder), checked.
 
-    A run folder (with ``checkpoints/``) means its newest intact checkpoint; any
-    other path must be intact itself, else :class:`CheckpointError` says why.
+    A run folder (with ``checkpoints/``) or its ``checkpoints/`` means the newest intact
+    checkpoint there; any other path must be an intact checkpoint itself, else
+    :class:`CheckpointError` says why (also for a path that is no checkpoint at all).
     """
     path = Path(path)
     if not path.exists():
@@ -120,6 +121,11 @@ def verified(path: str | Path, say=print) -> Path:
         latest = newest_intact(path / "checkpoints", say)  # an output_dir was given
         if latest is None:
             raise CheckpointError(f"{path} has no complete checkpoint under checkpoints/")
+        return latest
+    if path.is_dir() and _STEP_DIR.match(path.name) is None and step_folders(path):  # <output_dir>/checkpoints
+        latest = newest_intact(path, say)
+        if latest is None:
+            raise CheckpointError(f"{path} has no complete checkpoint")
         return latest
     # The checkpoint folder: the path itself, or the one holding it (model.ckpt, DeepSpeed's checkpoint/).
     folder = next((p for p in (path, path.parent) if p.is_dir() and (_STEP_DIR.match(p.name) or (p / MANIFEST).is_file())),
@@ -130,10 +136,16 @@ def verified(path: str | Path, say=print) -> Path:
             raise CheckpointError(f"checkpoint {folder} is damaged: {verdict.problem}")
         if not verdict.full:
             say(f"checkpoint {folder.name}: {verdict.checked}")
-    elif path.is_file() and path.suffix in (".ckpt", ".pt"):  # a checkpoint file of another tool
+    elif path.is_file():  # a checkpoint file of another tool: torch.save writes a zip archive
         problem = archive_problem(path)
-        if problem:
+        if problem and path.suffix in (".ckpt", ".pt"):
             raise CheckpointError(f"checkpoint {path} is damaged: {problem}")
+        if problem:
+            raise CheckpointError(f"{path} is not a checkpoint (a PyTorch .ckpt/.pt archive): {problem}")
+    elif not ((path / "latest").is_file() or any(path.glob("*/*model_states.pt"))):  # not DeepSpeed's layout either
+        raise CheckpointError(
+            f"{path} is not a checkpoint: neither a BrushTrain/Lightning checkpoint nor a DeepSpeed checkpoint folder "
+            f"(expected a step folder, a .ckpt file, a DeepSpeed folder with 'latest', or a run's output_dir)")
     return path
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from train.engine.checkpointing import DDP_FILE, EMA_FILE, FROZEN_FILE, locate
 from train.engine.integrity import CheckpointError
 
-__all__ = ["CheckpointError", "branch_state_dict", "export_branch", "export_final"]
+__all__ = ["CheckpointError", "branch_state_dict", "export_branch", "export_final", "target_problem"]
 
 _PREFIX = "brushnet."
 
@@ -66,10 +66,46 @@ def branch_state_dict(checkpoint: str | Path, ema: bool = False, verify: bool = 
     return state, config
 
 
+_BRANCH_FILES = ("config.json", ".safetensors", ".bin")  # what a branch folder holds (ours or a reference release)
+
+
+def target_problem(out_dir: str | Path) -> str | None:
+    """Why ``out_dir`` cannot receive an export, or None: it is new, empty, or an earlier branch export.
+
+    The export replaces the folder as a whole, so anything else there (a run's
+    checkpoints, a model, one's home folder) would be deleted.
+    """
+    out = Path(out_dir)
+    if not out.exists():
+        existing = next((p for p in out.parents if p.exists()), None)
+        return f"{existing} is a file, not a folder" if existing is not None and not existing.is_dir() else None
+    if not out.is_dir():
+        return f"{out} exists and is a file"
+    entries = sorted(out.iterdir())
+    if not entries:
+        return None
+    others = [e.name for e in entries if not (e.is_file() and e.name.endswith(_BRANCH_FILES))]
+    try:
+        is_branch = json.loads((out / "config.json").read_text()).get("_class_name") == "BrushNetModel"
+    except (OSError, ValueError, AttributeError):
+        is_branch = False
+    if others or not is_branch:
+        shown = ", ".join((others or [e.name for e in entries])[:5])
+        return (f"{out} exists and is not a branch folder (it holds {shown}{', ...' if len(entries) > 5 else ''}); "
+                "the export replaces the whole folder, so give a new one (an earlier export is replaced)")
+    return None
+
+
 def export_branch(checkpoint: str | Path, out_dir: str | Path, ema: bool = False, verify: bool = True) -> Path:
-    """Write the branch as a reference-layout folder, atomically; returns the folder."""
+    """Write the branch as a reference-layout folder, atomically; returns the folder.
+
+    ``out_dir`` must be new, empty or an earlier branch export (:func:`target_problem`), else
+    :class:`CheckpointError` before anything is read."""
     from train.model.brushnet import BrushNetModel
 
+    problem = target_problem(out_dir)
+    if problem:
+        raise CheckpointError(f"cannot export to {out_dir}: {problem}")
     state, config = branch_state_dict(checkpoint, ema=ema, verify=verify)
     branch = BrushNetModel.from_config(config)
     missing, unexpected = branch.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)

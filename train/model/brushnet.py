@@ -13,8 +13,10 @@ released reference checkpoints load here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +27,16 @@ from diffusers.models.unets.unet_2d_blocks import DownBlock2D, UNetMidBlock2D, U
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from common.errors import UserError
+
 __all__ = [
     "BrushNetModel",
     "BrushNetOutput",
+    "BranchError",
+    "fit_problems",
+    "check_fits",
+    "layout_name",
+    "branch_folder_problem",
     "residual_counts",
     "vae_encode",
     "make_conditioning",
@@ -69,6 +78,43 @@ _KEYS_FROM_UNET = (
     "projection_class_embeddings_input_dim",
     "addition_embed_type_num_heads",
 )
+
+
+class BranchError(UserError, ValueError):
+    """A branch that cannot be used: no such folder, not a BrushNet branch, or made for another base's layout."""
+
+
+# Branch config keys that must equal the UNet's: they shape the residuals and the time embedding's inputs.
+_MUST_MATCH = ("in_channels", "block_out_channels", "layers_per_block", "addition_embed_type",
+               "addition_time_embed_dim", "projection_class_embeddings_input_dim")
+
+
+def layout_name(config: Mapping) -> str:
+    """"SDXL" for a ``text_time`` config (UNet or branch), else "SD1.5"."""
+    return "SDXL" if config.get("addition_embed_type") == "text_time" else "SD1.5"
+
+
+def _comparable(config: Mapping, key: str):
+    value = config.get(key)
+    if key == "layers_per_block" and isinstance(value, int):  # an int means the same for every block
+        value = [value] * len(config.get("block_out_channels") or [])
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def fit_problems(branch_config: Mapping, unet_config: Mapping) -> list[str]:
+    """``"key branch-value vs unet-value"`` for each setting in which a branch's config differs from the UNet's
+    it is to run with (empty: it fits)."""
+    return [f"{key} {_comparable(branch_config, key)} vs {_comparable(unet_config, key)}" for key in _MUST_MATCH
+            if _comparable(branch_config, key) != _comparable(unet_config, key)]
+
+
+def check_fits(branch_config: Mapping, unet_config: Mapping, branch: str = "the branch", base: str = "the base") -> None:
+    """Raise :class:`BranchError` when the branch was made for another UNet layout (an SDXL branch on SD1.5, ...)."""
+    problems = fit_problems(branch_config, unet_config)
+    if problems:
+        raise BranchError(
+            f"{branch} does not fit {base}: it was made for the {layout_name(branch_config)} layout, the base's UNet "
+            f"has the {layout_name(unet_config)} layout ({'; '.join(problems)}; branch vs base)")
 
 
 @dataclass
@@ -459,10 +505,48 @@ class BrushNetModel(ModelMixin, ConfigMixin):
         A branch folder whose parameter names or shapes do not match the config
         would otherwise load with silently random weights.
         """
+        source = str(pretrained_model_name_or_path)
+        local = Path(source).expanduser()
+        if not kwargs.get("subfolder"):
+            _check_branch_folder(source, local)
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        except OSError as exc:
+            if local.exists():
+                raise
+            raise BranchError(f"branch {source} is not a local folder and could not be loaded as a hub id: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if strict and bad:
             details = "; ".join(f"{k}: {list(v)[:8]}" for k, v in bad.items())
-            raise ValueError(f"{pretrained_model_name_or_path} does not match the BrushNet config: {details}")
+            raise BranchError(f"{pretrained_model_name_or_path} does not match the BrushNet config: {details}")
         return (model, info) if want_info else model
+
+
+def branch_folder_problem(source: str | Path) -> str | None:
+    """Why ``source`` is no branch: a local folder must hold a BrushNetModel ``config.json``; a path that does not
+    exist must at least look like a hub id (org/name). None when it may be one."""
+    source = str(source)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        config = local / "config.json"
+        if not config.is_file():
+            return f"{source} is not a branch folder: it has no config.json"
+        try:
+            class_name = json.loads(config.read_text()).get("_class_name")
+        except (ValueError, AttributeError) as exc:
+            return f"{config} is not a JSON object ({exc})"
+        if class_name not in (None, BrushNetModel.__name__):
+            return f"{source} holds a {class_name}, not a BrushNet branch (BrushNetModel)"
+    elif local.exists():
+        return f"{source} is a file: give the branch folder (config.json + diffusion_pytorch_model.safetensors)"
+    elif source.count("/") != 1 or source.startswith((".", "/", "~")):
+        return f"branch {source} does not exist (and is not a hub id like org/name)"
+    return None
+
+
+def _check_branch_folder(source: str, local: Path) -> None:
+    problem = branch_folder_problem(source)
+    if problem:
+        raise BranchError(problem)

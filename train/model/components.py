@@ -16,12 +16,24 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from common.errors import UserError
 from train.schema import DTYPE_NAMES
 
-__all__ = ["DTYPES", "BaseModel", "load_base", "load_vae", "encode_prompts", "tokenize", "encode_tokens", "vae_scale_factor", "sdxl_time_ids"]
+__all__ = ["DTYPES", "ModelLoadError", "BaseModel", "load_base", "load_vae", "encode_prompts", "tokenize", "encode_tokens", "vae_scale_factor", "sdxl_time_ids"]
 
 # The dtype names of every setting that takes one (model.frozen_dtype, `brushtrain sample --dtype`).
 DTYPES = {name: getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[name]) for name in DTYPE_NAMES}
+
+
+class ModelLoadError(UserError, OSError):
+    """A base model or VAE that cannot be loaded from what the user named (no such folder or hub id, missing parts)."""
+
+
+def _load_error(src: str, what: str, exc: OSError) -> ModelLoadError:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if Path(src).expanduser().exists():
+        return ModelLoadError(f"{what} {src} cannot be loaded: {first}")
+    return ModelLoadError(f"{what} {src} is not a local folder and could not be loaded as a hub id: {first}")
 
 
 @dataclass
@@ -96,7 +108,10 @@ def load_vae(path_or_id: str | Path, dtype: torch.dtype | None = None, **hub_kwa
     kw = dict(hub_kwargs, **({"torch_dtype": dtype} if dtype is not None else {}))
     if (Path(src) / "vae").is_dir():
         kw["subfolder"] = "vae"
-    return AutoencoderKL.from_pretrained(src, **kw)
+    try:
+        return AutoencoderKL.from_pretrained(src, **kw)
+    except OSError as exc:
+        raise _load_error(src, "VAE", exc) from None
 
 
 def load_base(path_or_id: str | Path, dtype: torch.dtype | None = None, vae: str | Path | None = None,
@@ -113,19 +128,24 @@ def load_base(path_or_id: str | Path, dtype: torch.dtype | None = None, vae: str
     kw = dict(hub_kwargs)
     if dtype is not None:
         kw["torch_dtype"] = dtype
-    unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw)
-    sdxl = unet.config.addition_embed_type == "text_time"
-    base = BaseModel(
-        unet=unet,
-        vae=load_vae(vae, dtype) if vae else AutoencoderKL.from_pretrained(src, subfolder="vae", **kw),
-        text_encoder=CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **_hf_kw(kw)),
-        tokenizer=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **hub_kwargs),
-        scheduler=DDPMScheduler.from_pretrained(src, subfolder="scheduler", **hub_kwargs),
-        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(src, subfolder="text_encoder_2", **_hf_kw(kw))
-        if sdxl
-        else None,
-        tokenizer_2=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer_2", **hub_kwargs) if sdxl else None,
-    )
+    try:
+        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw)
+        sdxl = unet.config.addition_embed_type == "text_time"
+        base = BaseModel(
+            unet=unet,
+            vae=load_vae(vae, dtype) if vae else AutoencoderKL.from_pretrained(src, subfolder="vae", **kw),
+            text_encoder=CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **_hf_kw(kw)),
+            tokenizer=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **hub_kwargs),
+            scheduler=DDPMScheduler.from_pretrained(src, subfolder="scheduler", **hub_kwargs),
+            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(src, subfolder="text_encoder_2", **_hf_kw(kw))
+            if sdxl
+            else None,
+            tokenizer_2=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer_2", **hub_kwargs) if sdxl else None,
+        )
+    except OSError as exc:  # a missing part (no text_encoder/, no config.json), an unknown hub id, no network
+        if isinstance(exc, UserError):
+            raise
+        raise _load_error(src, "base model", exc) from None
     return base.to(dtype=dtype) if dtype is not None else base  # (an fp16 SDXL VAE goes back to fp32)
 
 

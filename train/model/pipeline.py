@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from train.model.brushnet import BrushNetModel, make_conditioning, vae_encode
+from train.model.brushnet import BrushNetModel, check_fits, make_conditioning, vae_encode
 from train.model.components import (
     BaseModel,
     encode_prompts,
@@ -39,6 +39,7 @@ __all__ = [
     "default_guidance",
     "BrushNetInpaintPipeline",
     "make_scheduler",
+    "scheduler_class",
     "hole_from_user_mask",
     "keep_from_hole",
     "user_mask_from_keep",
@@ -65,17 +66,22 @@ def default_guidance(base: BaseModel) -> float:
     return 5.0 if base.is_sdxl else 7.5
 
 
+def scheduler_class(name: str):
+    """The diffusers scheduler class a friendly name (see ``SCHEDULERS``) or a class name stands for; ValueError if none."""
+    import diffusers
+
+    cls_name = SCHEDULERS.get(name.lower(), name)
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None or not cls_name.endswith("Scheduler") or not hasattr(cls, "from_config"):
+        raise ValueError(f"unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)} or a diffusers scheduler class")
+    return cls
+
+
 def make_scheduler(name_or_scheduler, base_config):
     """A scheduler from a friendly name (see ``SCHEDULERS``) or a diffusers class name, or as given."""
     if not isinstance(name_or_scheduler, str):
         return name_or_scheduler
-    import diffusers
-
-    cls_name = SCHEDULERS.get(name_or_scheduler.lower(), name_or_scheduler)
-    cls = getattr(diffusers, cls_name, None)
-    if cls is None or not hasattr(cls, "from_config"):
-        raise ValueError(f"unknown scheduler {name_or_scheduler!r}; choose from {sorted(SCHEDULERS)} or a diffusers scheduler class")
-    return cls.from_config(base_config)
+    return scheduler_class(name_or_scheduler).from_config(base_config)
 
 
 # ----------------------------------------------------------------------- masks
@@ -156,6 +162,7 @@ class BrushNetInpaintPipeline:
     """Sampler over a :class:`~train.model.components.BaseModel` and a branch."""
 
     def __init__(self, base: BaseModel, brushnet: BrushNetModel, scheduler="unipc"):
+        check_fits(brushnet.config, base.unet.config)  # an SDXL branch on an SD1.5 base, ...: BranchError
         self.base = base
         self.brushnet = brushnet
         self.scheduler = make_scheduler(scheduler, base.scheduler.config)
@@ -172,6 +179,7 @@ class BrushNetInpaintPipeline:
     ) -> "BrushNetInpaintPipeline":
         base_model = load_base(base, dtype=dtype).freeze()
         branch = BrushNetModel.from_pretrained(brushnet, torch_dtype=dtype).eval().requires_grad_(False)
+        check_fits(branch.config, base_model.unet.config, branch=f"branch {brushnet}", base=f"base {base}")
         return cls(base_model, branch, scheduler).to(device)
 
     def to(self, device=None, dtype=None) -> "BrushNetInpaintPipeline":

@@ -42,11 +42,15 @@ def data_config(cfg, shards: Shards):
 
 def build_models(cfg):
     """(frozen base, branch): the branch from ``model.brushnet`` or copied from the base's UNet."""
-    from train.model.brushnet import BrushNetModel
+    from train.model.brushnet import BrushNetModel, check_fits
     from train.model.components import load_base
 
     base = load_base(base_path(cfg), vae=cfg.model.vae, **({"revision": cfg.model.revision} if cfg.model.revision else {}))
-    branch = BrushNetModel.from_pretrained(cfg.model.brushnet) if cfg.model.brushnet else BrushNetModel.from_unet(base.unet)
+    if not cfg.model.brushnet:
+        return base, BrushNetModel.from_unet(base.unet)
+    branch = BrushNetModel.from_pretrained(cfg.model.brushnet)
+    # validation checked local folders already; a hub branch is known only now
+    check_fits(branch.config, base.unet.config, f"model.brushnet {cfg.model.brushnet}", f"model.base {cfg.model.base}")
     return base, branch
 
 

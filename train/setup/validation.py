@@ -327,14 +327,46 @@ def _base(cfg, launch) -> list[str]:
         return [f"model.base {base!r} does not exist (and is not a hub id like org/name)"]
     if path.exists() and not (path / "unet").is_dir():
         return [f"model.base {base!r} is not a diffusers model folder (no unet/ inside)"]
+    if path.exists():
+        unet = _json(path / "unet" / "config.json") or {}
+        parts = ["unet/config.json", "scheduler", "text_encoder", "tokenizer"] + ([] if cfg.model.get("vae") else ["vae"])
+        parts += ["text_encoder_2", "tokenizer_2"] if unet.get("addition_embed_type") == "text_time" else []
+        missing = [p for p in parts if not (path / p).exists()]
+        if missing:
+            return [f"model.base {base!r} is not a complete diffusers model folder (no {', '.join(missing)})"]
     return []
 
 
 def _brushnet(cfg, launch) -> list[str]:
+    """A local branch folder holds a BrushNet config made for the base's UNet layout (an SDXL branch on SD1.5, ...)."""
+    from train.model.brushnet import branch_folder_problem, fit_problems, layout_name
+
     b = cfg.model.brushnet
-    if text(b) and not _local_or_hub_id(b):
+    if not text(b):
+        return []
+    if not _local_or_hub_id(b):
         return [f"model.brushnet {b!r} does not exist (and is not a hub id like org/name)"]
+    problem = branch_folder_problem(b)
+    if problem:
+        return [f"model.brushnet: {problem}"]
+    config = _json(Path(b).expanduser() / "config.json")
+    unet = _component_config(cfg, "unet") if text(cfg.model.base) and not _base(cfg, launch) else None
+    if config is None or unet is None:
+        return []
+    mismatch = fit_problems(config, unet)
+    if mismatch:
+        return [f"model.brushnet {b!r} does not fit model.base {cfg.model.base!r}: it was made for the "
+                f"{layout_name(config)} layout, the base's UNet has the {layout_name(unet)} layout "
+                f"({'; '.join(mismatch)}; branch vs base)"]
     return []
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _component_config(cfg, name: str) -> dict | None:
@@ -406,6 +438,19 @@ def _vae(cfg, launch) -> list[str]:
     vae = cfg.model.get("vae")
     if text(vae) and not _local_or_hub_id(vae):
         return [f"model.vae {vae!r} does not exist (and is not a hub id like org/name)"]
+    path = Path(vae).expanduser() if text(vae) else None
+    if path is None or not path.exists():
+        return []  # none, or a hub id (checked when loaded)
+    config_file = path / "vae" / "config.json" if (path / "vae").is_dir() else path / "config.json"
+    config = _json(config_file)
+    if config is None:
+        return [f"model.vae {vae!r} is not a VAE folder (no readable config.json, nor vae/config.json)"]
+    if config.get("_class_name") not in (None, "AutoencoderKL"):
+        return [f"model.vae {vae!r} holds a {config['_class_name']}, not a VAE (AutoencoderKL)"]
+    unet = _component_config(cfg, "unet") if text(cfg.model.base) and not _base(cfg, launch) else None
+    if unet and config.get("latent_channels", 4) != unet.get("in_channels", 4):
+        return [f"model.vae {vae!r} makes {config.get('latent_channels', 4)}-channel latents, the base's UNet takes "
+                f"{unet.get('in_channels', 4)}"]
     return []
 
 
@@ -457,9 +502,33 @@ def _eval_metrics(cfg, launch) -> list[str]:
 
 
 def _samples_folder(cfg, launch) -> list[str]:
+    """samples.source=folder: an existing folder with STEM.jpg|png images, each with its STEM_mask.png."""
     s = cfg.samples
-    if s.enabled and s.source == "folder" and not (text(s.folder) and Path(s.folder).expanduser().is_dir()):
+    if not (s.enabled and s.source == "folder"):
+        return []
+    if not (text(s.folder) and Path(s.folder).expanduser().is_dir()):
         return [f"samples.source=folder needs samples.folder to be an existing folder, got {s.folder!r}"]
+    folder = Path(s.folder).expanduser()
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+                    and not p.stem.endswith("_mask"))
+    if not images:
+        return [f"samples.folder {s.folder!r} holds no STEM.jpg / STEM.png images (with STEM_mask.png masks)"]
+    unmasked = [p.name for p in images if not (folder / f"{p.stem}_mask.png").is_file()]
+    if unmasked:
+        return [f"samples.folder {s.folder!r}: {', '.join(unmasked[:3])} {'has' if len(unmasked) == 1 else 'have'} "
+                f"no STEM_mask.png beside {'it' if len(unmasked) == 1 else 'them'}"]
+    return []
+
+
+def _sizes_file(cfg, launch) -> list[str]:
+    """data.sizes_file: a JSON object of shard name -> record count (what `brushtrain data index` writes)."""
+    f = cfg.data.sizes_file
+    if not (text(f) and Path(f).expanduser().is_file()):
+        return []  # none, or the rule reports it
+    table = _json(Path(f).expanduser())
+    if table is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in table.values()):
+        return [f"data.sizes_file {f!r} is not a JSON object of shard name -> record count "
+                "(as `brushtrain data index` writes)"]
     return []
 
 
@@ -519,6 +588,16 @@ def _precision_here(cfg, launch) -> list[str]:
                    "use bf16-mixed or 32-true")
     if gpu and torch.cuda.is_available() and p.startswith("bf16") and not torch.cuda.is_bf16_supported():
         out.append(f"trainer.precision={p}: this GPU has no bfloat16; use 16-mixed or 32-true")
+    frozen = cfg.model.frozen_dtype
+    true_dtype = {"16-true": "fp16", "bf16-true": "bf16"}.get(p)
+    if true_dtype and frozen in DTYPE_NAMES and frozen != true_dtype:
+        out.append(f"trainer.precision={p} casts the branch to {true_dtype} with no autocast, so the frozen parts must "
+                   f"be {true_dtype} too: set model.frozen_dtype={true_dtype} (got {frozen}), or use a -mixed precision")
+    if p in ("64-true", "64"):
+        out.append(f"trainer.precision={p}: the frozen parts run in model.frozen_dtype (fp32 at most); use 32-true")
+    if not gpu and frozen == "fp16" and p in ("bf16-mixed", "bf16"):
+        out.append(f"trainer.precision={p} with model.frozen_dtype=fp16 does not run on the CPU (bf16 autocast cannot "
+                   "take fp16 weights there); use model.frozen_dtype=bf16 or fp32")
     if p.startswith("transformer-engine"):
         import importlib.util
 
@@ -571,7 +650,7 @@ def _compile(cfg, launch) -> list[str]:
 
 CROSS_CHECKS: list[Callable] = [
     _output_dir, _resume, _base, _brushnet, _vae, _resolution, _mask_weights, _brush_strokes, _synth, _shards,
-    _samples_folder, _eval_metrics,
+    _samples_folder, _sizes_file, _eval_metrics,
     _devices_here, _precision_here, _deepspeed, _compile, _logger,
 ]
 

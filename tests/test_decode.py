@@ -171,14 +171,15 @@ def test_the_stream_is_the_same_without_simplejpeg(tmp_path, monkeypatch):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["keep_mask"], b["keep_mask"])
 
 
-def test_images_are_written_into_the_batch_and_a_short_batch_owns_its_memory(tmp_path):
+def test_images_are_written_into_the_batch_and_a_short_batch_is_filled_up(tmp_path):
     _shards(tmp_path, [(90, 120)] * 7)
     batches = _batches(tmp_path)
-    assert [len(b["key"]) for b in batches] == [3, 3, 1]
+    assert [len(b["key"]) for b in batches] == [3, 3, 3]  # the last: 1 sample + 2 blank ones of weight 0
+    assert [b["weight"].tolist() for b in batches] == [[1, 1, 1], [1, 1, 1], [1, 0, 0]]
     for b in batches:
-        n = len(b["key"])
-        assert b["image"].shape == (n, 3, 64, 64)
-        assert b["image"].untyped_storage().nbytes() == n * 64 * 64 * 3  # the last one is not a view of 3 slots
+        assert b["image"].shape == (3, 3, 64, 64)
+        assert b["image"].untyped_storage().nbytes() == 3 * 64 * 64 * 3  # each batch its own memory
+    assert batches[-1]["image"][0].any() and not batches[-1]["image"][1:].any()
     record = _record(encode_jpeg(_smooth_image(90, 120)), 90, 120)
     out = np.zeros((64, 64, 3), np.uint8)
     policy = MaskPolicy(weights={"box": 1.0})

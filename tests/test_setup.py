@@ -95,5 +95,13 @@ def test_callbacks_come_in_the_order_they_must_run_and_share_one_preemption_hand
     assert kinds.index(DenoisingEval) < kinds.index(ExportOnEnd)  # the final eval reads the checkpoint first
     for kind in (DenoisingEval, ExportOnEnd, SampleGrids):
         assert next(c for c in callbacks if type(c) is kind).preemption is preemption
-    trainer, handler = build_trainer(cfg, detect_launch(), base, branch, data_config(cfg, shards), shards)
-    assert trainer.max_steps == cfg.trainer.max_steps and isinstance(handler, PreemptionHandler)
+    before = torch.backends.cudnn.benchmark
+    try:
+        trainer, handler = build_trainer(cfg, detect_launch(), base, branch, data_config(cfg, shards), shards)
+        assert trainer.max_steps == cfg.trainer.max_steps and isinstance(handler, PreemptionHandler)
+        assert torch.backends.cudnn.benchmark is True  # trainer.benchmark: the batches have one shape
+        off = _cfg(tmp_path, "trainer.benchmark=false")
+        build_trainer(off, detect_launch(), base, branch, data_config(off, shards), shards)
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -113,6 +113,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10  # >= 1
     progress_bar: Optional[bool] = None  # None: a bar on a terminal, log lines otherwise
     requeue_on_signal: bool = True  # SIGUSR1 (SLURM's time-limit warning): save, then `scontrol requeue`
+    # cuDNN times its convolution algorithms for each new shape and keeps the fastest (Lightning's `benchmark`):
+    # training batches have one shape (short batches are filled up), so it pays once
+    benchmark: bool = True
 
 
 @dataclass

@@ -135,5 +135,6 @@ def build_trainer(cfg, launch, base, branch, data_cfg, shards: Shards):
         callbacks=callbacks, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=cfg.trainer.log_every_n_steps,
         default_root_dir=out, num_sanity_val_steps=0, limit_val_batches=0, plugins=plugins,
+        benchmark=cfg.trainer.benchmark,
     )
     return trainer, preemption

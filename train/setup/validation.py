@@ -248,6 +248,7 @@ RULES: list[Rule] = [
     Rule("trainer.log_every_n_steps", integer(ge=1), "an integer >= 1"),
     Rule("trainer.progress_bar", optional(flag), "null (automatic), true or false"),
     Rule("trainer.requeue_on_signal", flag, "true or false"),
+    Rule("trainer.benchmark", flag, "true or false"),
     Rule("deepspeed.stage", one_of(DEEPSPEED_STAGES), "ZeRO stage 1, 2 or 3"),
     Rule("deepspeed.offload_optimizer", flag, "true or false"),
     Rule("deepspeed.offload_params", flag, "true or false"),

@@ -48,7 +48,8 @@ def test_demo_refuses_out_of_range_values_in_one_message(tmp_path, capsys):
     assert main(["demo", f"out_dir={tmp_path}", "steps=-1", "size=4", "scheduler=nosuch", "conditioning_scale=-1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("brushtrain demo: config error: size must be >= 8 (the VAE's factor), got 4; steps must be "
-                          ">= 1, got -1; conditioning_scale must be >= 0, got -1.0; scheduler: unknown scheduler 'nosuch'")
+                          ">= 1, got -1; conditioning_scale must be >= 0 (0 = branch off), got -1.0; scheduler: unknown "
+                          "scheduler 'nosuch'")
     assert "Traceback" not in err and not any(tmp_path.iterdir())
 
 

@@ -443,7 +443,9 @@ def test_generation_flags_are_checked_before_any_work(setup, tmp_path, capsys):
     out = tmp_path / "out"
     for extra, message in ((["--scheduler", "nosuch"], "--scheduler: unknown scheduler 'nosuch'"),
                            (["--device", "gpu"], "--device 'gpu' is not a device name"),
-                           (["--scale", "-1"], "--scale and --guidance must be >= 0")):
+                           (["--scale", "-1"], "--scale must be >= 0 (0 = branch off), got -1.0"),
+                           (["--steps", "0", "--guidance", "-2"],
+                            "--steps must be >= 1, got 0; --guidance must be >= 0 (unset: the pipeline's default), got -2.0")):
         assert main(command(setup, out, *extra)) == 2
         err = capsys.readouterr().err
         assert err.startswith("brushtrain evaluate: ") and message in err and "Traceback" not in err, err

@@ -64,23 +64,14 @@ def synthetic_scene(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np
 def _check(cfg) -> None:
     """Every key's range, all problems in one ConfigError (they were tracebacks from the pipeline or OpenCV)."""
     from train.config import ConfigError
-    from train.model.pipeline import scheduler_class
+    from train.model.pipeline import generation_problems
 
     problems = []
     if cfg.kind not in ("sd15", "sdxl"):
         problems.append(f"kind must be 'sd15' or 'sdxl', got {cfg.kind!r}")
     if cfg.size < 8:
         problems.append(f"size must be >= 8 (the VAE's factor), got {cfg.size}")
-    if cfg.steps < 1:
-        problems.append(f"steps must be >= 1, got {cfg.steps}")
-    if cfg.guidance_scale is not None and cfg.guidance_scale < 0:
-        problems.append(f"guidance_scale must be null or >= 0, got {cfg.guidance_scale}")
-    if cfg.conditioning_scale < 0:
-        problems.append(f"conditioning_scale must be >= 0, got {cfg.conditioning_scale}")
-    try:
-        scheduler_class(cfg.scheduler)
-    except ValueError as exc:
-        problems.append(f"scheduler: {exc}")
+    problems += generation_problems(cfg.steps, cfg.conditioning_scale, cfg.guidance_scale, cfg.scheduler)
     if problems:
         raise ConfigError("; ".join(problems))
 

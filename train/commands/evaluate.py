@@ -459,20 +459,17 @@ def run(args: argparse.Namespace) -> int:
         raise EvaluateError(f"--metrics: {exc}") from None
     if args.grid_metric is not None and args.grid_metric not in args.metrics:
         raise EvaluateError(f"--grid-metric {args.grid_metric!r} is not one of --metrics ({', '.join(args.metrics)})")
-    for flag, value, low in (("--steps", args.steps, 1), ("--resolution", args.resolution, 8),
-                             ("--grid-count", args.grid_count, 0)):
+    for flag, value, low in (("--resolution", args.resolution, 8), ("--grid-count", args.grid_count, 0)):
         if value < low:
             raise EvaluateError(f"{flag} must be >= {low}, got {value}")
     if args.limit is not None and args.limit < 1:
         raise EvaluateError(f"--limit must be >= 1, got {args.limit}")
-    if args.scale < 0 or (args.guidance is not None and args.guidance < 0):
-        raise EvaluateError(f"--scale and --guidance must be >= 0, got {args.scale} and {args.guidance}")
-    from train.model.pipeline import scheduler_class
+    from train.commands.sample import GENERATION_FLAGS
+    from train.model.pipeline import generation_problems
 
-    try:
-        scheduler_class(args.scheduler)
-    except ValueError as exc:
-        raise EvaluateError(f"--scheduler: {exc}") from None
+    problems = generation_problems(args.steps, args.scale, args.guidance, args.scheduler, GENERATION_FLAGS)
+    if problems:
+        raise EvaluateError("; ".join(problems))
     if args.resolution % 8:
         raise EvaluateError(f"--resolution must be a multiple of 8 (the VAE's factor), got {args.resolution}")
     from train.commands.sample import device_problem

@@ -16,7 +16,10 @@ from pathlib import Path
 
 from train.schema import DTYPE_NAMES
 
-__all__ = ["add_arguments", "run", "device_problem"]
+__all__ = ["add_arguments", "run", "device_problem", "GENERATION_FLAGS"]
+
+# The generation flags as sample and evaluate name them (train.model.pipeline.generation_problems)
+GENERATION_FLAGS = ("--steps", "--scale", "--guidance", "--scheduler")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,19 +83,9 @@ def _check_arguments(args: argparse.Namespace):
 
     from train.config import UsageError
     from train.model.brushnet import branch_folder_problem
-    from train.model.pipeline import scheduler_class
+    from train.model.pipeline import generation_problems
 
-    problems = []
-    if args.steps < 1:
-        problems.append(f"--steps must be >= 1, got {args.steps}")
-    if args.scale < 0:
-        problems.append(f"--scale must be >= 0 (0 = branch off), got {args.scale}")
-    if args.guidance is not None and args.guidance < 0:
-        problems.append(f"--guidance must be >= 0, got {args.guidance}")
-    try:
-        scheduler_class(args.scheduler)
-    except ValueError as exc:
-        problems.append(f"--scheduler: {exc}")
+    problems = generation_problems(args.steps, args.scale, args.guidance, args.scheduler, GENERATION_FLAGS)
     for flag, path in (("--out", args.out), ("--grid", args.grid)):
         if path and Path(path).suffix.lower() not in Image.registered_extensions():
             problems.append(f"{flag} {path}: the file name must end in an image type (.png, .jpg, ...)")

@@ -77,6 +77,25 @@ def scheduler_class(name: str):
     return cls
 
 
+def generation_problems(steps: int, scale: float, guidance: float | None, scheduler: str,
+                        names: tuple[str, str, str, str] = ("steps", "conditioning_scale", "guidance_scale",
+                                                            "scheduler")) -> list[str]:
+    """What is wrong with these generation settings (none: an empty list), each named as the caller's user knows
+    it (``names``: steps, conditioning scale, guidance, scheduler), before any model loads."""
+    problems = []
+    if steps < 1:
+        problems.append(f"{names[0]} must be >= 1, got {steps}")
+    if scale < 0:
+        problems.append(f"{names[1]} must be >= 0 (0 = branch off), got {scale}")
+    if guidance is not None and guidance < 0:
+        problems.append(f"{names[2]} must be >= 0 (unset: the pipeline's default), got {guidance}")
+    try:
+        scheduler_class(scheduler)
+    except ValueError as exc:
+        problems.append(f"{names[3]}: {exc}")
+    return problems
+
+
 def make_scheduler(name_or_scheduler, base_config):
     """A scheduler from a friendly name (see ``SCHEDULERS``) or a diffusers class name, or as given."""
     if not isinstance(name_or_scheduler, str):

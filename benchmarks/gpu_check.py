@@ -143,8 +143,10 @@ def plan(py: str, work: Path, dry: bool) -> list[Case]:
     sd15 = work / "base-sd15"
     b8 = runs / "b8"
     return [
+        # 90 s: start-up and the base's load, 30 steps, then an 8.6 GB ZeRO-2 checkpoint written, synced and hashed
+        # (about 1.3 GB/s on one core, benchmarks/RESULTS.md); cut short, it leaves compiled-b8 nothing to resume
         fit("eager-b8", "sd15", 8, steps(30), every(5), b8, ["checkpoint.save_on_end=true"],
-            "SD1.5 512 px ZeRO-2 bf16, eager; saves a checkpoint", 60,
+            "SD1.5 512 px ZeRO-2 bf16, eager; saves a checkpoint", 90,
             checks=[("checkpoint saved", lambda log, run=b8: any(run.glob("checkpoints/step-*/meta.json")))]),
         fit("eager-b32", "sd15", 32, steps(20), every(4), runs / "b32", [], "SD1.5 512 px ZeRO-2 bf16, eager", 55),
         Case("reference-b2", "reference-style loop: fp16 autocast, 0 workers, reference preprocessing",

@@ -289,3 +289,20 @@ def test_a_signal_in_the_end_phase_skips_the_export(signal_state, tmp_path, caps
     out = capsys.readouterr().out
     assert "time-limit warning (requeue) signal received; stopping after the final checkpoint (step 7)" in out
     assert "not a SLURM job, nothing to requeue" in out
+
+
+def test_a_failed_end_of_run_export_still_meets_the_other_ranks_at_the_barrier(tmp_path):
+    """Rank 0 exports, then every rank meets at a barrier: an export that raises (the checkpoint stays intact) must
+    still reach it, or the other ranks would wait there until the process group's timeout."""
+    from train.callbacks.export_on_end import ExportOnEnd
+    from train.engine.integrity import CheckpointError
+
+    met = []
+    trainer = SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(barrier=lambda name=None: met.append(name)))
+    (tmp_path / "brushnet").mkdir()
+    (tmp_path / "brushnet" / "notes.txt").write_text("not a branch")  # a folder the export must not replace
+    export = ExportOnEnd(SimpleNamespace(last_saved=tmp_path / "ckpt", dirpath=tmp_path), tmp_path)
+    with pytest.raises(CheckpointError, match="is not a branch folder"):
+        export.on_train_end(trainer, None)
+    assert met == ["brushtrain-export"] and export.exported == []
+    assert (tmp_path / "brushnet" / "notes.txt").read_text() == "not a branch"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,31 @@ def test_branches_of_the_base_s_layout_pass(tmp_path):
         cfg, launch = load_fit_config([], [f"model.base={base}", f"model.brushnet={branch}", "data.resolution=64",
                                            f"output_dir={tmp_path}"])
         assert problems(cfg, launch) == [], base
+
+
+def test_an_export_folder_the_end_of_the_run_could_not_replace_is_refused_before_training(tmp_path, capsys):
+    """The run ends by replacing <output_dir>/brushnet (and brushnet-ema) whole, so a folder holding anything else
+    is refused there; it used to be found only after the whole run (and other ranks waited at the export's barrier)."""
+    from train.commands.fit import load_fit_config
+    from train.setup.validation import problems
+
+    out = tmp_path / "run"
+    (out / "brushnet-ema").mkdir(parents=True)
+    (out / "brushnet-ema" / "notes.txt").write_text("mine")
+    cfg, launch = load_fit_config([], [f"output_dir={out}", "ema.enabled=true"])
+    assert problems(cfg, launch) == [f"checkpoint.export_on_end: {out / 'brushnet-ema'} exists and is not a branch "
+                                     "folder (it holds notes.txt); the export replaces the whole folder, so give a new "
+                                     "one (an earlier export is replaced)"]
+    assert main(["fit", f"output_dir={out}", "ema.enabled=true"]) == 2
+    assert "checkpoint.export_on_end: " in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*")) == ["brushnet-ema", "notes.txt"]  # nothing written, nothing lost
+    for fine in (["ema.enabled=false"], ["ema.enabled=true", "checkpoint.export_on_end=false"]):
+        cfg, launch = load_fit_config([], [f"output_dir={out}", *fine])
+        assert problems(cfg, launch) == [], fine
+    shutil.copytree(FIXTURES / "brushnet", out / "brushnet")  # an earlier export (a branch folder) is replaced
+    (out / "brushnet-ema" / "notes.txt").unlink()
+    cfg, launch = load_fit_config([], [f"output_dir={out}", "ema.enabled=true"])
+    assert problems(cfg, launch) == []
 
 
 def test_cross_checks_for_keys_other_branches_add():

@@ -32,10 +32,12 @@ class ExportOnEnd(Callback):
             return  # the requeued job exports when it finishes
         if self.preemption is not None and self.preemption.interrupts_end_phase(trainer, pl_module):
             return
-        if trainer.is_global_zero:
-            final = self.checkpoint_callback.last_saved or find_latest(self.checkpoint_callback.dirpath)
-            if final is None:  # checkpoint.save_on_end=false and no checkpoint written
-                print("nothing exported: no checkpoint was written", flush=True)
-            else:
-                self.exported += export_final(final, self.output_dir, self.ema)
-        trainer.strategy.barrier("brushtrain-export")
+        try:
+            if trainer.is_global_zero:
+                final = self.checkpoint_callback.last_saved or find_latest(self.checkpoint_callback.dirpath)
+                if final is None:  # checkpoint.save_on_end=false and no checkpoint written
+                    print("nothing exported: no checkpoint was written", flush=True)
+                else:
+                    self.exported += export_final(final, self.output_dir, self.ema)
+        finally:  # a failed export (the checkpoint is intact) must not leave the other ranks waiting here
+            trainer.strategy.barrier("brushtrain-export")

@@ -544,6 +544,12 @@ def _output_dir(cfg, launch) -> list[str]:
         return [f"output_dir {str(path)!r}: {existing} is a file, not a folder"]
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         return [f"output_dir {str(path)!r}: {existing} is not writable"]
+    if OmegaConf.select(cfg, "checkpoint.export_on_end") is True:  # found now, not after the whole run
+        from train.engine.export import target_problem
+
+        exports = ["brushnet"] + (["brushnet-ema"] if OmegaConf.select(cfg, "ema.enabled") is True else [])
+        return [f"checkpoint.export_on_end: {problem}" for problem in map(target_problem, (path / e for e in exports))
+                if problem]
     return []
 
 

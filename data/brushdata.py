@@ -491,11 +491,18 @@ class BrushDataLoader:
         open one rank's range stopped a run whose data were under the ceiling."""
         if batch % _JOINT_CHECK_EVERY and batch < total:
             return
-        ranks = self._gather({"rank": self.rank, "counters": dict(self.counters), "exhausted": exhausted})
+        ranks = self._gather({"rank": self.rank, "counters": dict(self.counters), "exhausted": exhausted,
+                              "total": total})
         summed: collections.Counter = collections.Counter()
         for info in ranks:
             summed.update(info["counters"])
         try:
+            if len({info["total"] for info in ranks}) > 1:  # the next gathers would pair up wrongly, then hang
+                raise BadDataError(
+                    "the ranks planned epochs of different lengths ("
+                    + ", ".join(f"rank {info['rank']}: {info['total']} batches" for info in ranks)
+                    + "): they counted the shards' records differently (a remote shard that could not be read while "
+                    "counting?). Ship a sizes.json beside the shards (`brushtrain data index`) or data.sizes_file.")
             self._check_bad_fraction(summed, f"on all {len(ranks)} ranks" if len(ranks) > 1 else "")
             for info in ranks:
                 if info["exhausted"]:

@@ -99,3 +99,45 @@ def test_the_bad_record_ceiling_is_judged_over_all_ranks_and_stops_them_together
             assert results[0]["error"] == results[1]["error"]
             message, once = results[0]["error"]
             assert "on all 2 ranks were bad" in message and "size_mismatch" in message and once
+
+
+def test_ranks_that_planned_epochs_of_different_lengths_stop_together_with_one_message(tmp_path):
+    """Every rank must plan the same epoch (the same record counts); a remote shard that failed while one rank
+    counted it is planned as one record there. Its joint checks would then pair up wrongly (one rank's last batch
+    with another's 16th...) and hang; the first check compares the plans and stops every rank, saying why."""
+    import threading
+
+    from data.brushdata import BadDataError
+
+    folder = tmp_path / "shards"
+    write_uneven_shards(folder, [40, 40])  # writes sizes.json: 80 records
+    wrong = tmp_path / "wrong-sizes.json"
+    wrong.write_text(json.dumps({name: 1 for name in json.loads((folder / "sizes.json").read_text())}))
+    barrier, slots, errors = threading.Barrier(2, timeout=60), [None, None], [None, None]
+
+    def gather(rank):
+        def exchange(obj):
+            slots[rank] = obj
+            barrier.wait()
+            out = list(slots)
+            barrier.wait()
+            return out
+        return exchange
+
+    def run(rank):
+        cfg = DataConfig(shards=[str(folder)], resolution=32, batch_size=2, num_workers=0, shuffle_buffer=4,
+                         sizes_file=str(wrong) if rank else None)
+        try:
+            for _ in BrushDataLoader(cfg, rank=rank, world_size=2, gather=gather(rank)):
+                pass
+        except BadDataError as exc:
+            errors[rank] = str(exc)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors[0] == errors[1] and errors[0] is not None
+    assert "the ranks planned epochs of different lengths (rank 0: 20 batches, rank 1: 1 batches)" in errors[0]

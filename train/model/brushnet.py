@@ -34,6 +34,7 @@ __all__ = [
     "BrushNetOutput",
     "BranchError",
     "fit_problems",
+    "misfit",
     "check_fits",
     "layout_name",
     "branch_folder_problem",
@@ -108,13 +109,21 @@ def fit_problems(branch_config: Mapping, unet_config: Mapping) -> list[str]:
             if _comparable(branch_config, key) != _comparable(unet_config, key)]
 
 
-def check_fits(branch_config: Mapping, unet_config: Mapping, branch: str = "the branch", base: str = "the base") -> None:
-    """Raise :class:`BranchError` when the branch was made for another UNet layout (an SDXL branch on SD1.5, ...)."""
+def misfit(branch_config: Mapping, unet_config: Mapping, branch: str = "the branch", base: str = "the base") -> str | None:
+    """Why the branch cannot run with that UNet (it was made for another layout: an SDXL branch on SD1.5, ...),
+    naming them ``branch`` and ``base``; None when it fits."""
     problems = fit_problems(branch_config, unet_config)
-    if problems:
-        raise BranchError(
-            f"{branch} does not fit {base}: it was made for the {layout_name(branch_config)} layout, the base's UNet "
+    if not problems:
+        return None
+    return (f"{branch} does not fit {base}: it was made for the {layout_name(branch_config)} layout, the base's UNet "
             f"has the {layout_name(unet_config)} layout ({'; '.join(problems)}; branch vs base)")
+
+
+def check_fits(branch_config: Mapping, unet_config: Mapping, branch: str = "the branch", base: str = "the base") -> None:
+    """Raise :class:`BranchError` with :func:`misfit`'s message when the branch does not fit the UNet."""
+    problem = misfit(branch_config, unet_config, branch, base)
+    if problem:
+        raise BranchError(problem)
 
 
 @dataclass

@@ -340,7 +340,7 @@ def _base(cfg, launch) -> list[str]:
 
 def _brushnet(cfg, launch) -> list[str]:
     """A local branch folder holds a BrushNet config made for the base's UNet layout (an SDXL branch on SD1.5, ...)."""
-    from train.model.brushnet import branch_folder_problem, fit_problems, layout_name
+    from train.model.brushnet import branch_folder_problem, misfit
 
     b = cfg.model.brushnet
     if not text(b):
@@ -354,12 +354,8 @@ def _brushnet(cfg, launch) -> list[str]:
     unet = _component_config(cfg, "unet") if text(cfg.model.base) and not _base(cfg, launch) else None
     if config is None or unet is None:
         return []
-    mismatch = fit_problems(config, unet)
-    if mismatch:
-        return [f"model.brushnet {b!r} does not fit model.base {cfg.model.base!r}: it was made for the "
-                f"{layout_name(config)} layout, the base's UNet has the {layout_name(unet)} layout "
-                f"({'; '.join(mismatch)}; branch vs base)"]
-    return []
+    problem = misfit(config, unet, f"model.brushnet {b!r}", f"model.base {cfg.model.base!r}")
+    return [problem] if problem else []
 
 
 def _json(path: Path) -> dict | None:

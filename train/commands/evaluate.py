@@ -190,7 +190,9 @@ def _load_base(spec: str, out: Path, dtype):
         path = generated_folder(spec, out)
         wait_for(path / "model_index.json", "the generated base", 600, poll=0.2)
         return load_base(path, dtype=dtype).freeze()
-    if not Path(spec).exists() and spec.count("/") != 1:
+    from train.model.components import hub_id_like
+
+    if not Path(spec).expanduser().exists() and not hub_id_like(spec):
         raise EvaluateError(f"--base {spec} does not exist (and is not a hub id like org/name)")
     return load_base(spec, dtype=dtype).freeze()
 

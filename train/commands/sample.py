@@ -83,6 +83,7 @@ def _check_arguments(args: argparse.Namespace):
 
     from train.config import UsageError
     from train.model.brushnet import branch_folder_problem
+    from train.model.components import hub_id_like
     from train.model.pipeline import generation_problems
 
     problems = generation_problems(args.steps, args.scale, args.guidance, args.scheduler, GENERATION_FLAGS)
@@ -97,8 +98,7 @@ def _check_arguments(args: argparse.Namespace):
     branch = branch_folder_problem(args.brushnet)
     if branch:
         problems.append(f"--brushnet: {branch}")
-    base = Path(args.base).expanduser()
-    if not base.exists() and (args.base.count("/") != 1 or args.base.startswith((".", "/", "~"))):
+    if not Path(args.base).expanduser().exists() and not hub_id_like(args.base):
         problems.append(f"--base {args.base} does not exist (and is not a hub id like org/name)")
     if problems:
         raise UsageError("; ".join(problems))

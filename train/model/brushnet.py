@@ -28,6 +28,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from common.errors import UserError
+from train.model.components import hub_id_like
 
 __all__ = [
     "BrushNetModel",
@@ -516,8 +517,9 @@ class BrushNetModel(ModelMixin, ConfigMixin):
         """
         source = str(pretrained_model_name_or_path)
         local = Path(source).expanduser()
-        if not kwargs.get("subfolder"):
-            _check_branch_folder(source, local)
+        problem = None if kwargs.get("subfolder") else branch_folder_problem(source)
+        if problem:
+            raise BranchError(problem)
         want_info = kwargs.pop("output_loading_info", False)
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
@@ -550,12 +552,6 @@ def branch_folder_problem(source: str | Path) -> str | None:
             return f"{source} holds a {class_name}, not a BrushNet branch (BrushNetModel)"
     elif local.exists():
         return f"{source} is a file: give the branch folder (config.json + diffusion_pytorch_model.safetensors)"
-    elif source.count("/") != 1 or source.startswith((".", "/", "~")):
+    elif not hub_id_like(source):
         return f"branch {source} does not exist (and is not a hub id like org/name)"
     return None
-
-
-def _check_branch_folder(source: str, local: Path) -> None:
-    problem = branch_folder_problem(source)
-    if problem:
-        raise BranchError(problem)

@@ -19,10 +19,15 @@ from torch import nn
 from common.errors import UserError
 from train.schema import DTYPE_NAMES
 
-__all__ = ["DTYPES", "ModelLoadError", "BaseModel", "load_base", "load_vae", "encode_prompts", "tokenize", "encode_tokens", "vae_scale_factor", "sdxl_time_ids"]
+__all__ = ["DTYPES", "hub_id_like", "ModelLoadError", "BaseModel", "load_base", "load_vae", "encode_prompts", "tokenize", "encode_tokens", "vae_scale_factor", "sdxl_time_ids"]
 
 # The dtype names of every setting that takes one (model.frozen_dtype, `brushtrain sample --dtype`).
 DTYPES = {name: getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[name]) for name in DTYPE_NAMES}
+
+
+def hub_id_like(spec: str) -> bool:
+    """Shaped like a hub id (``org/name``), not like a local path: what a name that is no local file may be."""
+    return spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
 
 
 class ModelLoadError(UserError, OSError):

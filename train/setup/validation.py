@@ -312,7 +312,9 @@ TYPE_ONLY: frozenset[str] = frozenset()
 
 def _local_or_hub_id(value: str) -> bool:
     """An existing local path, or something shaped like a hub id (org/name) to download."""
-    return Path(value).expanduser().exists() or (value.count("/") == 1 and not value.startswith((".", "/", "~")))
+    from train.model.components import hub_id_like
+
+    return Path(value).expanduser().exists() or hub_id_like(value)
 
 
 def _base(cfg, launch) -> list[str]:

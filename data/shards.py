@@ -41,6 +41,7 @@ __all__ = [
     "expand_shards",
     "shard_specs",
     "shard_sizes",
+    "sizes_beside",
     "count_samples",
     "sample_key",
     "epoch_segments",
@@ -138,7 +139,7 @@ def count_samples(shard: str, retries: int = 0, retry_delay: float = 1.0) -> int
     return keys
 
 
-def _sizes_beside(shard: str, cache: dict) -> dict | None:
+def sizes_beside(shard: str, cache: dict) -> dict | None:
     if is_url(shard) and not shard.startswith(("http://", "https://", "file://")):
         return None
     folder = shard.rsplit("/", 1)[0] if "/" in shard else "."
@@ -171,7 +172,7 @@ def shard_sizes(shards: Sequence[str], sizes_file: str | None = None, retries: i
     counted, unreadable = 0, []
     for shard in shards:
         name = shard.rsplit("/", 1)[-1]
-        table = explicit if explicit is not None else _sizes_beside(shard, cache)
+        table = explicit if explicit is not None else sizes_beside(shard, cache)
         if table is not None and (name in table or shard in table):
             sizes.append(int(table.get(shard, table.get(name))))
             continue

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data.records import BadRecord, BadSample, decode_pixels, parse_record, read_shard
-from data.shards import _sizes_beside
+from data.shards import sizes_beside
 
 __all__ = ["ShardReport", "validate_shard", "validate_shards"]
 
@@ -85,7 +85,7 @@ def validate_shards(shards: list[str], workers: int = 1, retries: int = 0, retry
         bad.update(r.bad)
     stale, cache = {}, {}
     for r in reports:  # a wrong count in sizes.json: training reads that many records, never the others
-        table = None if r.damaged else _sizes_beside(r.shard, cache)
+        table = None if r.damaged else sizes_beside(r.shard, cache)
         name = r.shard.rsplit("/", 1)[-1]
         if table is not None and name in table and table[name] != r.records:
             stale[r.shard] = {"sizes_json": table[name], "records": r.records}

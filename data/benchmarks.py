@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 __all__ = ["BenchItem", "BenchError", "BENCH_KINDS", "rle_decode_rowmajor", "read_bench", "brushbench_items",
-           "folder_items", "shard_items"]
+           "folder_images", "folder_items", "shard_items"]
 
 BENCH_KINDS = ("brushbench", "folder", "shards")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -126,6 +126,12 @@ def brushbench_items(root: str | Path, mask: str = "inside") -> list[BenchItem]:
     return items
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The images of a folder of ``STEM.jpg|png`` images with ``STEM_mask.png`` masks (a bench folder, a sample
+    grid's folder), in name order: the masks themselves left out."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_mask"))
+
+
 def folder_items(root: str | Path, mask: str = "inside") -> list[BenchItem]:
     from PIL import Image
 
@@ -133,9 +139,7 @@ def folder_items(root: str | Path, mask: str = "inside") -> list[BenchItem]:
     if not root.is_dir():
         raise BenchError(f"bench folder {root} does not exist")
     items = []
-    for path in sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        if path.stem.endswith("_mask"):
-            continue
+    for path in folder_images(root):
         mask_path = root / f"{path.stem}_mask.png"
         if not mask_path.is_file():
             raise BenchError(f"image {path} has no mask {mask_path.name}")

@@ -54,11 +54,11 @@ def items_from_batch(batch: dict, count: int, include_pads: bool = False) -> lis
 
 def items_from_folder(folder: str | Path, count: int, resolution: int) -> list[ValItem]:
     """``STEM.jpg|png`` images with ``STEM_mask.png`` masks (white = paint) and ``STEM.txt`` prompts."""
+    from data.benchmarks import folder_images
+
     folder = Path(folder)
     items = []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
-        if path.stem.endswith("_mask"):
-            continue
+    for path in folder_images(folder):
         mask_path = folder / f"{path.stem}_mask.png"
         if not mask_path.is_file():
             raise FileNotFoundError(f"validation image {path} has no mask {mask_path.name}")

@@ -102,10 +102,10 @@ def _methods(args) -> list[tuple[str, str | None, float]]:
     """(name, branch folder or None, conditioning_scale)."""
     if args.name and len(args.name) != len(args.brushnet):
         raise EvaluateError(f"--name given {len(args.name)} times for {len(args.brushnet)} --brushnet")
+    from train.model.brushnet import branch_folder_problem
+
     out, seen = [], set()
     for i, path in enumerate(args.brushnet):
-        from train.model.brushnet import branch_folder_problem
-
         problem = branch_folder_problem(path)
         if problem:
             raise EvaluateError(f"--brushnet: {problem}")

@@ -507,9 +507,10 @@ def _samples_folder(cfg, launch) -> list[str]:
         return []
     if not (text(s.folder) and Path(s.folder).expanduser().is_dir()):
         return [f"samples.source=folder needs samples.folder to be an existing folder, got {s.folder!r}"]
+    from data.benchmarks import folder_images
+
     folder = Path(s.folder).expanduser()
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
-                    and not p.stem.endswith("_mask"))
+    images = folder_images(folder)
     if not images:
         return [f"samples.folder {s.folder!r} holds no STEM.jpg / STEM.png images (with STEM_mask.png masks)"]
     unmasked = [p.name for p in images if not (folder / f"{p.stem}_mask.png").is_file()]

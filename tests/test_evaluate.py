@@ -420,7 +420,9 @@ def test_a_rerun_with_other_generation_settings_is_refused_not_mixed(setup, tmp_
     mtime = image.stat().st_mtime_ns
     assert json.loads((out / "branch" / SETTINGS_FILE).read_text())["steps"] == 2
     capsys.readouterr()
+    assert json.loads((out / "branch" / SETTINGS_FILE).read_text())["dtype"] == "fp32"  # CPU's default
     for extra, differs in ((["--steps", "3"], "steps 2 then, 3 now"), (["--seed", "7"], "seed 1234 then, 7 now"),
+                           (["--dtype", "bf16"], "dtype 'fp32' then, 'bf16' now"),
                            (["--base", "tiny:sd15"], f"base '{setup['base']}' then, 'tiny:sd15' now")):
         args = command(setup, out, "--limit", "1", "--metrics", "psnr")
         if extra[0] == "--base":
@@ -434,6 +436,10 @@ def test_a_rerun_with_other_generation_settings_is_refused_not_mixed(setup, tmp_
     assert image.stat().st_mtime_ns == mtime
     assert main(command(setup, out, "--limit", "1", "--metrics", "psnr", "mse", "--metric-convention", "reference")) == 0
     assert image.stat().st_mtime_ns == mtime, "scoring settings reuse the images"
+    for record in out.glob(f"*/{SETTINGS_FILE}"):  # an earlier version's records, without the dtype: still reused
+        record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "dtype"}))
+    assert main(command(setup, out, "--limit", "1", "--metrics", "psnr", "--dtype", "bf16")) == 0
+    assert image.stat().st_mtime_ns == mtime
 
 
 def test_generation_flags_are_checked_before_any_work(setup, tmp_path, capsys):

@@ -205,29 +205,33 @@ def _where(spec: str | None) -> str | None:
     return str(Path(spec).expanduser().resolve()) if spec and Path(spec).expanduser().exists() else spec
 
 
-def generation_settings(args, method) -> dict:
-    """Everything that decides a method's images (not the metrics: a rerun may score the same images otherwise)."""
+def generation_settings(args, method, dtype: str) -> dict:
+    """Everything that decides a method's images (not the metrics: a rerun may score the same images otherwise).
+    ``dtype`` is the generation dtype as resolved (fp16 on CUDA, fp32 on CPU unless --dtype says)."""
     name, path, scale = method
     settings = {"base": _where(args.base), "brushnet": _where(path) if scale else None, "conditioning_scale": scale,
                 "bench": [args.bench[0], _where(args.bench[1])], "mask": args.mask, "resolution": args.resolution,
                 "steps": args.steps, "seed": args.seed, "guidance": args.guidance, "scheduler": args.scheduler,
-                "blend": args.blend}
+                "blend": args.blend, "dtype": dtype}
     return json.loads(json.dumps(settings))
 
 
-def _record_generation_settings(args, methods, out: Path, write: bool) -> None:
+_LATER_SETTINGS = ("dtype",)  # not in the records of earlier versions: compared only when recorded
+
+
+def _record_generation_settings(args, methods, out: Path, dtype: str, write: bool) -> None:
     """A rerun skips the images that exist: refuse when they were made with other settings instead of mixing them
     into one table; rank 0 records the settings before the first image."""
     for method in methods:
         folder = out / method[0]
         record = folder / SETTINGS_FILE
-        want = generation_settings(args, method)
+        want = generation_settings(args, method, dtype)
         if record.is_file():
             try:
                 have = json.loads(record.read_text())
             except ValueError:
                 have = {}
-            differ = [k for k in want if have.get(k) != want[k]]
+            differ = [k for k in want if have.get(k) != want[k] and (k in have or k not in _LATER_SETTINGS)]
             if differ:
                 what = "; ".join(f"{k} {have.get(k)!r} then, {want[k]!r} now" for k in differ)
                 raise EvaluateError(
@@ -503,8 +507,8 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device("cuda", launch.local_rank % torch.cuda.device_count())
     else:
         device = torch.device("cpu")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-        args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    dtype_name = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = out / ".parts"
@@ -521,7 +525,7 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0 and is_generated(args.base):  # before any rank may wait for it
         write_generated_base(generated_folder(args.base, out), args.base)
     _check_branches_fit(args, methods, out)
-    _record_generation_settings(args, methods, out, write=rank == 0)
+    _record_generation_settings(args, methods, out, dtype_name, write=rank == 0)
     made = generate(args, mine, methods, out, rank, device, dtype)
     rows, skipped = score(args, mine, methods, out, rank, device)
     write_bytes_atomic(my_part, json.dumps({"fingerprint": fingerprint, "rows": rows, "skipped": skipped}).encode())

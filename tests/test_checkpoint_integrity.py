@@ -20,6 +20,7 @@ from train.engine.checkpointing import (
     CheckpointWriteError,
     StepCheckpoint,
     resolve_resume,
+    step_folders,
     verified,
 )
 from train.engine.integrity import MANIFEST, CheckpointError, verify_checkpoint
@@ -29,10 +30,10 @@ SMALL = ["synth.train_samples=64", "synth.eval_samples=16", "eval.samples=16", "
          "logging.logger=csv", "samples.enabled=false", "eval.at_start=false", "data.num_workers=0"]
 
 
-def _trainer(step: int, write):
+def _trainer(step: int, write, ckpt_path=None):
     strategy = SimpleNamespace(broadcast=lambda x: x, barrier=lambda name=None: None, launcher=None)
     return SimpleNamespace(global_step=step, current_epoch=0, world_size=1, is_global_zero=True, global_rank=0,
-                           strategy=strategy, save_checkpoint=write)
+                           strategy=strategy, save_checkpoint=write, ckpt_path=ckpt_path)
 
 
 def _torch_file(path, weights_only=False, value=1.0):
@@ -105,6 +106,40 @@ def test_resume_auto_skips_damaged_checkpoints_and_says_why(tmp_path):
         resolve_resume(str(ckpts / "step-00000020"), tmp_path)
     with pytest.raises(CheckpointError, match=r"step-00000030 is damaged: model.ckpt has \d+ bytes"):
         resolve_resume(str(ckpts / "step-00000030" / "model.ckpt"), tmp_path)
+
+
+def test_checkpoints_of_another_history_are_set_aside_and_keep_last_never_drops_the_new_one(tmp_path, capsys):
+    """Resumed from step 20 (30 was damaged): pruning by step number kept the damaged 30 and deleted the new 25 and
+    the intact 20 (keep_last=1), and resume=auto would have gone back to a later step of the abandoned history."""
+    cb = _saved(tmp_path, 10, 20, 30)
+    ckpts = tmp_path / "checkpoints"
+    _flip(ckpts / "step-00000030" / "model.ckpt")
+    resumed = resolve_resume("auto", tmp_path)
+    assert resumed == ckpts / "step-00000020" / "model.ckpt"
+    cb.keep_last = 1
+    cb.on_train_start(_trainer(20, None, ckpt_path=str(resumed)), None)
+    aside = [p for p in ckpts.iterdir() if p.name.startswith("superseded-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == ["step-00000030"]
+    assert (ckpts / "latest").read_text() == "step-00000020\n"
+    out = capsys.readouterr().out
+    assert f"this run starts at step 20; the checkpoints of another history in {ckpts} (step-00000030) were moved to " \
+           f"{aside[0]}" in out
+    cb.save(_trainer(25, lambda path, weights_only=False: _torch_file(path, value=25)))
+    assert [p.name for p in step_folders(ckpts)] == ["step-00000025"]
+    assert resolve_resume("auto", tmp_path) == ckpts / "step-00000025" / "model.ckpt"
+    cb._prune(ckpts / "step-00000025")  # even with keep_last reached by a folder of a higher step, never the new one
+    assert (ckpts / "step-00000025").is_dir()
+
+    # A fresh start (no checkpoint) in a used folder: every earlier checkpoint is another history.
+    fresh = StepCheckpoint(ckpts, every_n_steps=10, keep_last=2)
+    fresh.on_train_start(_trainer(0, None), None)
+    assert step_folders(ckpts) == [] and not (ckpts / "latest").exists()
+    assert resolve_resume("auto", tmp_path) is None
+    # A resume from another run's step-20 moves this folder's own step-20 aside as well.
+    other = _saved(tmp_path / "other", 20)
+    _saved(tmp_path, 20)
+    cb.on_train_start(_trainer(20, None, ckpt_path=str(other.last_saved / "model.ckpt")), None)
+    assert step_folders(ckpts) == []
 
 
 def test_a_path_that_is_no_checkpoint_is_refused_by_name(tmp_path, capsys):
@@ -229,6 +264,8 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_fit_and_export(tmp_path):
     assert f"resuming from {ckpts / 'step-00000003' / 'model.ckpt'}" in again.stdout
     assert "finished at step 9" in again.stdout
     assert verify_checkpoint(ckpts / "step-00000006").ok, "the damaged one was rewritten when training got there"
+    assert "(step-00000006) were moved to" in again.stdout, "set aside at the start: another history"
+    assert [p.name for p in ckpts.glob("superseded-*/*")] == ["step-00000006"]
 
     for step in (6, 9):
         _flip(ckpts / f"step-{step:08d}" / "model.ckpt")

@@ -11,6 +11,8 @@ Layout under ``<output_dir>/checkpoints``::
                               DeepSpeed's zero_to_fp32 leaves out under ZeRO-1
         meta.json             step, strategy, time
     step-00002000.tmp-.../    a checkpoint being written (ignored by resume, removed later)
+    superseded-<time>/        checkpoints of another history, moved aside when a run starts from an earlier step
+                              (resume=<older checkpoint>, or a fresh start in a used folder); ignored by resume
     latest                    the name of the newest complete checkpoint
 
 A checkpoint directory appears only once every rank has written its part
@@ -238,6 +240,52 @@ class StepCheckpoint(Callback):
         # The state training starts from is saved already (the resumed checkpoint) or is nothing worth saving
         # (step 0): a run stopped before its first step writes nothing new.
         self.last_saved_step = trainer.global_step
+        if trainer.is_global_zero:
+            self._set_aside_other_histories(trainer.global_step, trainer.ckpt_path)
+
+    def _set_aside_other_histories(self, start: int, resumed: str | None) -> None:
+        """Checkpoints of later steps than this run starts from (it resumed from an older one, or started fresh
+        in a used folder) belong to another history. Left in place, ``resume=auto`` would return to them after
+        the next stop, and pruning (by step number) would delete this run's new checkpoints before them. They are
+        moved, not deleted, to ``checkpoints/superseded-<time>/``, which resume and pruning do not look into."""
+        origin = None
+        if resumed:
+            origin = Path(resumed)
+            origin = origin if _STEP_DIR.match(origin.name) else origin.parent
+
+        def other(folder: Path) -> bool:
+            step = int(_STEP_DIR.match(folder.name).group(1))
+            return step > start or (step == start and (origin is None or folder.resolve() != origin.resolve()))
+
+        others = [p for p in step_folders(self.dirpath) if other(p)]
+        if not others:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.dirpath / f"superseded-{stamp}"
+        for n in range(1, 1000):
+            if not aside.exists():
+                break
+            aside = self.dirpath / f"superseded-{stamp}-{n}"
+        try:
+            aside.mkdir()
+            for folder in others:
+                os.replace(folder, aside / folder.name)
+        except OSError as exc:  # rank 0 alone: a raise here would leave the other ranks waiting; say it loudly
+            print(f"brushtrain fit: WARNING: this run starts at step {start}, but {self.dirpath} holds checkpoints of "
+                  f"another history ({', '.join(p.name for p in others)}) that could not be moved aside to {aside}: "
+                  f"{exc}. resume=auto would return to them after a stop: move them away yourself", file=sys.stderr,
+                  flush=True)
+            return
+        try:  # `latest` is a convenience (resume reads the folders): it no longer names a moved folder
+            if origin is not None and origin.parent.resolve() == self.dirpath.resolve():
+                write_text_atomic(self.dirpath / "latest", origin.name + "\n")
+            else:
+                (self.dirpath / "latest").unlink(missing_ok=True)
+        except OSError:
+            pass
+        print(f"brushtrain fit: this run starts at step {start}; the checkpoints of another history in {self.dirpath} "
+              f"({', '.join(p.name for p in others)}) were moved to {aside}, so that resume=auto and keep_last "
+              f"follow this run", flush=True)
 
     # Lightning callback state: nothing to restore beyond what the trainer has.
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -320,7 +368,7 @@ class StepCheckpoint(Callback):
         except OSError as exc:
             print(f"brushtrain: checkpoint {final} is complete, but {self.dirpath / 'latest'} could not be updated: {exc}",
                   flush=True)
-        self._prune()
+        self._prune(final)
 
     def _settle(self, trainer, tmp: Path, step: int, failure: str | None) -> None:
         """Collective: every rank learns whether any rank failed to write; if one did, all raise together."""
@@ -356,10 +404,12 @@ class StepCheckpoint(Callback):
                   if newest else "there is no complete checkpoint yet")
         return (f"could not write the checkpoint of step {step} to {tmp}: {'; '.join(failures)}; {cleanup}; {newest}")
 
-    def _prune(self) -> None:
+    def _prune(self, keep: Path) -> None:
+        """Keep the newest ``keep_last`` by step, and always ``keep``, the checkpoint just written."""
         steps = sorted((int(m.group(1)), p) for p in self.dirpath.iterdir() if (m := _STEP_DIR.match(p.name)))
         for _, path in steps[: max(0, len(steps) - self.keep_last)]:
-            shutil.rmtree(path, ignore_errors=True)
+            if path != keep:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _attempt(fn, *args) -> str | None:

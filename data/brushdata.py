@@ -631,7 +631,7 @@ class BrushDataLoader:
             "epoch": epoch,
             "seed": self.cfg.seed,
             "fingerprint": self.fingerprint,
-            "layout": {"world_size": self.world_size, "workers": self.workers},
+            "layout": {"world_size": self.world_size, "workers": self.workers, "batch_size": self.cfg.batch_size},
             "offset": 0 if base is None else self._offset,  # batches of this epoch handed out under earlier layouts
             "base": None if base is None else [[s.shard, s.start, s.end] for s in base],
             "ranks": {int(r["rank"]): r for r in ranks},
@@ -658,7 +658,10 @@ class BrushDataLoader:
         self._base = None if state["base"] is None else [Segment(*s) for s in state["base"]]
         layout = state["layout"]
         self._offset = int(state.get("offset", 0))
-        if (layout["world_size"], layout["workers"]) == (self.world_size, self.workers):
+        # A checkpoint from before the batch size was recorded had this run's (a change then went unnoticed).
+        layout.setdefault("batch_size", self.cfg.batch_size)
+        if (layout["world_size"], layout["workers"], layout["batch_size"]) == (self.world_size, self.workers,
+                                                                               self.cfg.batch_size):
             mine = ranks[self.rank]
             self._pending = mine
             self.counters = collections.Counter(mine.get("counters", {}))
@@ -681,9 +684,10 @@ class BrushDataLoader:
         self._pending = None
         self._offset += max(int(r.get("yielded", 0)) for r in ranks.values())
         log.warning(
-            "data layout changed from %s x %s to %s x %s: continuing epoch %d with the %d samples no old worker had read",
-            layout["world_size"], layout["workers"], self.world_size, self.workers, self.epoch,
-            sum(s.size for s in remaining),
+            "data layout changed from %s rank(s) x %s worker(s), batches of %s, to %s x %s, batches of %s: continuing "
+            "epoch %d with the %d samples no old worker had read",
+            layout["world_size"], layout["workers"], layout["batch_size"], self.world_size, self.workers,
+            self.cfg.batch_size, self.epoch, sum(s.size for s in remaining),
         )
         if self.rank in ranks:
             self.counters = collections.Counter(ranks[self.rank].get("counters", {}))

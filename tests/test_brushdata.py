@@ -156,6 +156,30 @@ def test_resume_with_another_world_size_repeats_nothing(uneven_shards):
     assert len(counts) >= sum(UNEVEN) - 2 * 8  # at most the two old shuffle buffers are skipped
 
 
+def test_resume_with_another_batch_size_continues_the_epoch_with_what_was_not_read(uneven_shards):
+    """The position counts batches: resumed with batches of 2 instead of 4, the loader took the old count as its
+    own, ran out of samples half way and served weight-0 pad batches for the rest of the epoch."""
+    loader = BrushDataLoader(_cfg(uneven_shards), 0, 1)
+    head = _run(loader, 3)
+    state = loader.position()
+    assert state["layout"]["batch_size"] == 4
+    resumed = BrushDataLoader(_cfg(uneven_shards, batch_size=2), 0, 1)
+    resumed.restore(state)
+    rest = _run(resumed)
+    assert all(len(b["key"]) == 2 for b in rest)
+    counts = collections.Counter(_real_keys(head) + _real_keys(rest))
+    assert max(counts.values()) == 1
+    assert len(counts) >= sum(UNEVEN) - 2 * 8  # at most the two old shuffle buffers are skipped
+    pads = sum(1 for b in rest if float(b["weight"].sum()) == 0)
+    assert pads == 0, f"{pads} of {len(rest)} batches trained nothing"
+    assert len(resumed) == 3 + len(rest)
+    # A checkpoint from before the batch size was recorded: taken as this run's.
+    del state["layout"]["batch_size"]
+    same = BrushDataLoader(_cfg(uneven_shards), 0, 1)
+    same.restore(state)
+    assert _real_keys(head) + _real_keys(_run(same)) == _real_keys(_run(BrushDataLoader(_cfg(uneven_shards), 0, 1)))
+
+
 def test_after_a_layout_change_len_counts_the_epochs_earlier_batches(uneven_shards):
     """Lightning restores its batch index within the epoch (6 here) and stops the epoch at len(): len() must
     count the batches handed out under the old layout, or a resumed run ends its epoch (and training) at once."""

@@ -85,6 +85,28 @@ def test_lr_schedule():
     assert lr_at(500, OptimConfig(lr=2.0), 10) == 2.0
 
 
+def test_a_resume_that_changes_the_schedule_says_so_with_the_rates():
+    """Raising trainer.max_steps on resume (what the 'already reached step' message suggests) moved a cosine
+    schedule back up its curve, silently: at step 60 of 110 the rate was 0.55, resumed with max_steps 210 it is 0.87."""
+    from train.engine.optim import schedule_change, schedule_settings
+
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    saved = schedule_settings(cfg, 110)
+    assert schedule_change(saved, cfg, 110, 60) is None
+    assert schedule_change(None, cfg, 210, 60) is None  # a checkpoint from before the schedule was recorded
+    said = schedule_change(saved, cfg, 210, 60)
+    assert said == ("the learning-rate schedule changed since the checkpoint (trainer.max_steps 110 -> 210): at step 60 "
+                    f"the rate is {lr_at(60, cfg, 210):.3g} where the checkpoint's run would have used 0.55 (a cosine "
+                    "schedule stretched over the new max_steps)")
+    assert f"{lr_at(60, cfg, 210):.3g}" == "0.868"
+    constant = OptimConfig(lr=1.0)
+    assert schedule_change(schedule_settings(constant, 110), constant, 210, 60) is None, "no curve: nothing to say"
+    lower = OptimConfig(lr=0.5)
+    assert schedule_change(schedule_settings(constant, 110), lower, 110, 60) == (
+        "the learning-rate schedule changed since the checkpoint (optim.lr 1.0 -> 0.5): at step 60 the rate is 0.5 "
+        "where the checkpoint's run would have used 1")
+
+
 def test_ema_follows_the_weights():
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)

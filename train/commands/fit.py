@@ -121,5 +121,6 @@ def _already_done(cfg, launch, resume: Path, done: int) -> int:
         export_final(folder, out, ema=cfg.ema.enabled)
         return 0
     print(f"brushtrain fit: {out} already reached step {done} (trainer.max_steps={cfg.trainer.max_steps}); "
-          f"nothing to do. Raise trainer.max_steps to train on; the branch is in {out / 'brushnet'}", flush=True)
+          f"nothing to do. Raise trainer.max_steps to train on (a cosine schedule then stretches over the new "
+          f"max_steps; the run says how the rate changes); the branch is in {out / 'brushnet'}", flush=True)
     return 0

@@ -41,7 +41,7 @@ from train.engine.losses import (
     region_mse,
     training_target,
 )
-from train.engine.optim import build_optimizer, lr_at
+from train.engine.optim import build_optimizer, lr_at, schedule_change, schedule_settings
 from train.engine.strategy import is_deepspeed
 from train.model.brushnet import BrushNetModel, make_conditioning, vae_encode
 from train.model.components import DTYPES, BaseModel, encode_prompts, sdxl_time_ids
@@ -154,6 +154,7 @@ class BrushNetModule(L.LightningModule):
             "skipped_steps": self.skipped_steps,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "overflow_steps": self.overflow_steps,
+            "schedule": schedule_settings(self.optim_cfg, self.max_steps),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -161,6 +162,9 @@ class BrushNetModule(L.LightningModule):
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         self.overflow_steps = int(state.get("overflow_steps", 0))
+        change = schedule_change(state.get("schedule"), self.optim_cfg, self.max_steps, int(checkpoint.get("global_step", 0)))
+        if change and self.global_rank == 0:
+            print(f"brushtrain fit: {change}", flush=True)
         if state.get("ema") is not None:
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])

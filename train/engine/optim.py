@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Iterable
 
 import torch
 
-__all__ = ["ADAM_IMPLS", "build_optimizer", "optimizer_choice", "lr_at"]
+__all__ = ["ADAM_IMPLS", "build_optimizer", "optimizer_choice", "lr_at", "schedule_settings", "schedule_change"]
 
 # deepspeed.adam: which AdamW runs under DeepSpeed on GPUs without optimizer offload.
 ADAM_IMPLS = ("torch", "deepspeed")
@@ -78,3 +79,34 @@ def lr_at(step: int, cfg, max_steps: int) -> float:
         floor = cfg.lr * cfg.min_lr_ratio
         return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
+
+
+def schedule_settings(cfg, max_steps: int) -> dict:
+    """What decides :func:`lr_at`'s curve, as saved in a checkpoint."""
+    return {"lr": float(cfg.lr), "warmup_steps": int(cfg.warmup_steps), "schedule": str(cfg.schedule),
+            "min_lr_ratio": float(cfg.min_lr_ratio), "max_steps": int(max_steps)}
+
+
+def schedule_change(saved: dict | None, cfg, max_steps: int, step: int) -> str | None:
+    """A sentence when the learning-rate curve differs from the checkpoint's (None if not, or not recorded).
+
+    The rate is a function of the step and these settings, so a resume with another ``trainer.max_steps``
+    (extending a finished run, say) moves a cosine schedule back up its curve: said, with the rates, since the
+    loss will show it."""
+    if not saved:
+        return None
+    now = schedule_settings(cfg, max_steps)
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if not changed:
+        return None
+    old_cfg, old_max = SimpleNamespace(**{**now, **saved}), saved.get("max_steps", max_steps)
+    end = max(step + 1, max_steps, old_max)
+    probes = {step, *range(step, end + 1, max(1, (end - step) // 64)), end}
+    if all(math.isclose(lr_at(t, old_cfg, old_max), lr_at(t, cfg, max_steps)) for t in probes):
+        return None  # e.g. max_steps under a constant schedule: the same rates from here on
+    before, after = lr_at(step, old_cfg, old_max), lr_at(step, cfg, max_steps)
+    what = ", ".join(f"{'trainer' if k == 'max_steps' else 'optim'}.{k} {saved[k]} -> {now[k]}" for k in changed)
+    return (f"the learning-rate schedule changed since the checkpoint ({what}): at step {step} the rate is "
+            f"{after:.3g} where the checkpoint's run would have used {before:.3g}"
+            + (" (a cosine schedule stretched over the new max_steps)" if "max_steps" in changed
+               and now["schedule"] == "cosine" else ""))

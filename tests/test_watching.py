@@ -104,6 +104,17 @@ def test_metrics_on_a_fake_clock():
     assert metrics["data/good"] == 20 and metrics["data/bad/not_jpeg"] == 4 and metrics["data/bad"] == 4
     assert metrics["train/skipped_steps"] == 1 and metrics["grad_norm/all"] == 3.0
 
+    # The smoothed loss is callback state in checkpoints: after a resume it continues, where it restarted from
+    # the first loss of the resumed run.
+    resumed = TrainingMetrics(every_n_steps=1, clock=clock)
+    resumed.load_state_dict(m.state_dict())
+    trainer2, logged2 = _fake_trainer(world=1)
+    resumed.on_train_start(trainer2, module)
+    resumed.on_train_batch_start(trainer2, module, batch, 3)
+    trainer2.global_step = 3
+    resumed.on_train_batch_end(trainer2, module, torch.tensor(4.0), batch, 3)
+    assert logged2[-1][1]["train/loss_smoothed"] == pytest.approx(0.9 * 2.0 + 0.1 * 4.0)
+
 
 def test_progress_lines_and_eta():
     clock, lines = _Clock(), []

@@ -56,6 +56,14 @@ class TrainingMetrics(Callback):
         self._last_reported_step = -1
         self._last_step: int | None = None
 
+    # Saved in checkpoints (Lightning's callback state): the smoothed loss continues across a resume.
+    def state_dict(self) -> dict:
+        return {"loss_smoothed": self.loss_smoothed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        value = state_dict.get("loss_smoothed")
+        self.loss_smoothed = None if value is None else float(value)
+
     def _reset_window(self) -> None:
         self.window = {"data_wait": 0.0, "compute": 0.0, "other": 0.0, "samples": 0.0, "steps": 0, "batches": 0}
 

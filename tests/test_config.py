@@ -70,3 +70,16 @@ def test_files_that_are_not_a_yaml_mapping_are_named(tmp_path):
         compose(WithList, [tmp_path])
     with pytest.raises(ConfigError, match=r"shards=\{a: 1\}: key 'shards': got a mapping, expected a list"):
         compose(WithList, overrides=["shards={a: 1}"])
+
+
+def test_override_values_that_are_not_yaml_are_named_with_a_fix():
+    """`data.shards=...` (the README's placeholder typed as written) or an unclosed bracket: a YAML ParserError
+    traceback from OmegaConf.from_dotlist, where every other bad override was one message."""
+    with pytest.raises(ConfigError) as info:
+        compose(Schema, overrides=["inner.api_key=[a", "name=...", "steps=3"])
+    text = str(info.value)
+    assert text.startswith("command-line overrides inner.api_key=<redacted>: the value '<redacted>' is not valid YAML "
+                           "(values are read as YAML): close its brackets, or quote it, e.g. inner.api_key='\"<redacted>\"'; "
+                           "name=...: the value '...' is not valid YAML"), text
+    assert "[a" not in text, "a secret-looking key's value is not echoed"
+    assert compose(Schema, overrides=["name=\"...\""]).name == "..."

@@ -58,7 +58,19 @@ def compose(schema: Type, files: Sequence[str | Path] = (), overrides: Sequence[
     problems = []
     for override in overrides:  # one at a time, so that every bad one is named in the same message
         try:
-            merged = _merge(merged, OmegaConf.from_dotlist([override]), override)
+            layer = OmegaConf.from_dotlist([override])
+        except yaml.YAMLError:  # the value is parsed as YAML: an unclosed [ or {, a lone ':' or '...'
+            key, value = override.split("=", 1)
+            if any(word in key.lower() for word in SECRET_KEYS):
+                value = "<redacted>"  # never echo what may be a secret
+            problems.append(f"{key}={value}: the value {value!r} is not valid YAML (values are read as YAML): close "
+                            f"its brackets, or quote it, e.g. {key}='\"{value}\"'")
+            continue
+        except OmegaConfBaseException as exc:
+            problems.append(f"{override}: {_describe(exc)}")
+            continue
+        try:
+            merged = _merge(merged, layer, override)
         except ConfigError as exc:
             problems.append(str(exc))
     if problems:

@@ -234,3 +234,31 @@ def test_clip_preprocessing_is_clipimageprocessors():
         img = rng.integers(0, 256, shape, dtype=np.uint8)
         theirs = torch.as_tensor(np.asarray(proc(images=img, return_tensors="np")["pixel_values"][0]))
         torch.testing.assert_close(clip_processor(img, 32), theirs.float(), atol=2e-5, rtol=0)
+
+
+def test_metric_models_load_from_the_cache_first_and_say_why_they_could_not(monkeypatch, tmp_path):
+    """Offline, CLIP's load retried the hub for ~20 s, then the skip reason was cut mid-sentence at 160 chars."""
+    from train.scoring.inpaint_metrics import _from_pretrained, _why
+
+    calls = []
+
+    def load(spec, **kw):
+        calls.append(kw)
+        raise OSError("not cached")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError):
+        _from_pretrained(load, "org/name")
+    assert calls == [{"local_files_only": True}], "offline: the hub is not tried"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls.clear()
+    with pytest.raises(OSError):
+        _from_pretrained(load, "org/name")
+    assert calls == [{"local_files_only": True}, {}], "the cache first, then the hub"
+    calls.clear()
+    with pytest.raises(OSError):
+        _from_pretrained(load, str(tmp_path))
+    assert calls == [{"local_files_only": True}], "a local folder is not looked up on the hub"
+    long = OSError("word " * 100)
+    assert _why(long).startswith("OSError: word word") and _why(long).endswith("word ...") and len(_why(long)) < 320
+    assert _why(ValueError("a\n  b")) == "ValueError: a b" and _why(KeyError()) == "KeyError"

@@ -45,7 +45,7 @@ class EvaluateError(UserError, ValueError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from train.scoring.inpaint_metrics import CONVENTIONS, METRICS
 
-    parser.add_argument("--base", required=True, help="diffusers model folder or hub id (SD1.5 or SDXL), or tiny:sd15")
+    parser.add_argument("--base", required=True, help="diffusers model folder or hub id (SD1.5 or SDXL), or tiny:sd15 / tiny:sdxl")
     parser.add_argument("--brushnet", action="append", default=[], help="branch folder; repeat for several branches")
     parser.add_argument("--name", action="append", default=[], help="method name for each --brushnet (default: folder name)")
     parser.add_argument("--bench", nargs=2, metavar=("KIND", "SOURCE"), required=True,

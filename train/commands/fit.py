@@ -95,7 +95,8 @@ def train(cfg, launch, resume: Path | None = None, datamodule=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
         where = f"resuming from {resume}" if resume else "starting fresh"
-        print(f"brushtrain fit: {where}; output in {out} ({launch.launcher} launch, {trainer.world_size} process(es))",
+        how = "no launcher" if launch.launcher == "none" else f"{launch.launcher} launch"
+        print(f"brushtrain fit: {where}; output in {out} ({how}, {trainer.world_size} process(es))",
               flush=True)
     trainer.fit(module, datamodule=datamodule or BrushDataModule(data_cfg), ckpt_path=str(resume) if resume else None,
                 weights_only=True)

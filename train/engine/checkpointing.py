@@ -96,8 +96,8 @@ def newest_intact(checkpoint_dir: str | Path, say=print) -> Path | None:
         say(f"skipping damaged checkpoint {folder}: {verdict.problem}")
     if damaged:
         raise CheckpointError(
-            f"every checkpoint in {checkpoint_dir} is damaged: {'; '.join(damaged)}. Nothing was started: move them "
-            f"away (or delete them) to start from scratch, or restore an intact copy")
+            f"every checkpoint in {checkpoint_dir} is damaged: {'; '.join(damaged)}. Restore an intact copy; to "
+            f"train from scratch instead, move them away (or delete them)")
     return None
 
 

@@ -81,6 +81,27 @@ PSNR_CAP = 100.0  # standard convention: 10 log10(1 / 1e-10)
 SQUEEZENET_FILE = "squeezenet1_1-b8a52dc0.pth"  # torchvision's checkpoint name (in torch.hub's cache)
 
 
+def _why(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line for a skip reason: its type and message, whitespace collapsed, cut at a word."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _from_pretrained(load, spec: str):
+    """``load(spec, **kw)`` (a transformers ``from_pretrained``) from a folder or the hub's cache first: offline
+    and not cached, the hub is tried once more only where HF_HUB_OFFLINE is not set (its retries take ~20 s)."""
+    import os
+
+    try:
+        return load(spec, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not on disk and not cached
+        if Path(spec).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            raise
+        return load(spec)
+
+
 class Skipped(Exception):
     """A metric that cannot be computed here (its weights or package are missing); the text says why."""
 
@@ -361,9 +382,11 @@ def build_clip(spec: str | None, device="cpu") -> ClipScorer:
     try:
         from transformers import CLIPModel, CLIPTokenizer
 
-        return ClipScorer(CLIPModel.from_pretrained(spec), CLIPTokenizer.from_pretrained(spec), device)
+        return ClipScorer(_from_pretrained(CLIPModel.from_pretrained, spec),
+                          _from_pretrained(CLIPTokenizer.from_pretrained, spec), device)
     except Exception as exc:  # noqa: BLE001 - not on disk, not in the cache, offline
-        raise Skipped(f"CLIP model {spec!r} could not be loaded ({type(exc).__name__}: {str(exc)[:160]})") from None
+        raise Skipped(f"CLIP model {spec!r} could not be loaded ({_why(exc)}); give metric_models.clip a local "
+                      f"folder (offline, HF_HUB_OFFLINE=1 skips the hub's retries)") from None
 
 
 def build_aesthetic_head(spec: str | None, dim: int):
@@ -409,8 +432,7 @@ def _weights_file(spec: str | None, filename: str, key: str, what: str) -> Path:
             except Exception:  # noqa: BLE001 - not cached: download
                 return Path(hf_hub_download(spec, filename))
         except Exception as exc:  # noqa: BLE001 - offline, not in the cache, no such repository
-            raise Skipped(f"{key}: {filename} of the hub repository {spec} could not be had "
-                          f"({type(exc).__name__}: {str(exc)[:120]})") from None
+            raise Skipped(f"{key}: {filename} of the hub repository {spec} could not be had ({_why(exc)})") from None
     raise Skipped(f"{key}: {what} weights {spec}: no such file or folder (and not a hub id owner/name)")
 
 
@@ -427,9 +449,9 @@ def _tokenizer(spec: str | None, key: str, kind: str, vocab_size: int):
         else:
             from transformers import CLIPTokenizer
 
-            tok = CLIPTokenizer.from_pretrained(spec)
+            tok = _from_pretrained(CLIPTokenizer.from_pretrained, spec)
     except Exception as exc:  # noqa: BLE001 - not on disk, not in the cache, offline
-        raise Skipped(f"{key}: tokenizer {spec!r} could not be loaded ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise Skipped(f"{key}: tokenizer {spec!r} could not be loaded ({_why(exc)})") from None
     if len(tok) != vocab_size:
         raise Skipped(f"{key}: tokenizer {spec!r} has {len(tok)} tokens, the model's vocabulary {vocab_size} "
                       "(its files are missing or it is another tokenizer)")
@@ -449,7 +471,7 @@ def _load_published(path: Path, rename, build, what: str):
     except LayoutError as exc:
         raise Skipped(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - unreadable file, a pickle weights_only refuses
-        raise Skipped(f"{what} weights {path} could not be read ({type(exc).__name__}: {str(exc)[:160]})") from None
+        raise Skipped(f"{what} weights {path} could not be read ({_why(exc)})") from None
 
 
 # ------------------------------------------------------------ the suite

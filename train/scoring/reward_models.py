@@ -204,7 +204,9 @@ def blip_tokenizer(spec: str):
     """BLIP's ``init_tokenizer``: bert-base-uncased with ``[DEC]`` as bos and ``[ENC]`` added."""
     from transformers import BertTokenizer
 
-    tok = BertTokenizer.from_pretrained(spec)
+    from .inpaint_metrics import _from_pretrained
+
+    tok = _from_pretrained(BertTokenizer.from_pretrained, spec)
     tok.add_special_tokens({"bos_token": "[DEC]"})
     tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
     return tok

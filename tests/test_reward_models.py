@@ -238,7 +238,8 @@ def test_clip_preprocessing_is_clipimageprocessors():
 
 def test_metric_models_load_from_the_cache_first_and_say_why_they_could_not(monkeypatch, tmp_path):
     """Offline, CLIP's load retried the hub for ~20 s, then the skip reason was cut mid-sentence at 160 chars."""
-    from train.scoring.inpaint_metrics import _from_pretrained, _why
+    from train.scoring.inpaint_metrics import _why
+    from train.scoring.loading import from_pretrained_cached_first
 
     calls = []
 
@@ -248,16 +249,16 @@ def test_metric_models_load_from_the_cache_first_and_say_why_they_could_not(monk
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError):
-        _from_pretrained(load, "org/name")
+        from_pretrained_cached_first(load, "org/name")
     assert calls == [{"local_files_only": True}], "offline: the hub is not tried"
     monkeypatch.delenv("HF_HUB_OFFLINE")
     calls.clear()
     with pytest.raises(OSError):
-        _from_pretrained(load, "org/name")
+        from_pretrained_cached_first(load, "org/name")
     assert calls == [{"local_files_only": True}, {}], "the cache first, then the hub"
     calls.clear()
     with pytest.raises(OSError):
-        _from_pretrained(load, str(tmp_path))
+        from_pretrained_cached_first(load, str(tmp_path))
     assert calls == [{"local_files_only": True}], "a local folder is not looked up on the hub"
     long = OSError("word " * 100)
     assert _why(long).startswith("OSError: word word") and _why(long).endswith("word ...") and len(_why(long)) < 320

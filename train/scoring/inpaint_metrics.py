@@ -67,6 +67,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .loading import from_pretrained_cached_first
 from .preprocess import clip_processor
 
 __all__ = ["METRICS", "PRESERVED", "LOWER_IS_BETTER", "CONVENTIONS", "MetricModels", "Skipped", "mse", "psnr",
@@ -87,19 +88,6 @@ def _why(exc: BaseException, limit: int = 300) -> str:
     if len(text) > limit:
         text = text[:limit].rsplit(" ", 1)[0] + " ..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _from_pretrained(load, spec: str):
-    """``load(spec, **kw)`` (a transformers ``from_pretrained``) from a folder or the hub's cache first: offline
-    and not cached, the hub is tried once more only where HF_HUB_OFFLINE is not set (its retries take ~20 s)."""
-    import os
-
-    try:
-        return load(spec, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not on disk and not cached
-        if Path(spec).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-            raise
-        return load(spec)
 
 
 class Skipped(Exception):
@@ -382,8 +370,8 @@ def build_clip(spec: str | None, device="cpu") -> ClipScorer:
     try:
         from transformers import CLIPModel, CLIPTokenizer
 
-        return ClipScorer(_from_pretrained(CLIPModel.from_pretrained, spec),
-                          _from_pretrained(CLIPTokenizer.from_pretrained, spec), device)
+        return ClipScorer(from_pretrained_cached_first(CLIPModel.from_pretrained, spec),
+                          from_pretrained_cached_first(CLIPTokenizer.from_pretrained, spec), device)
     except Exception as exc:  # noqa: BLE001 - not on disk, not in the cache, offline
         raise Skipped(f"CLIP model {spec!r} could not be loaded ({_why(exc)}); give metric_models.clip a local "
                       f"folder (offline, HF_HUB_OFFLINE=1 skips the hub's retries)") from None
@@ -449,7 +437,7 @@ def _tokenizer(spec: str | None, key: str, kind: str, vocab_size: int):
         else:
             from transformers import CLIPTokenizer
 
-            tok = _from_pretrained(CLIPTokenizer.from_pretrained, spec)
+            tok = from_pretrained_cached_first(CLIPTokenizer.from_pretrained, spec)
     except Exception as exc:  # noqa: BLE001 - not on disk, not in the cache, offline
         raise Skipped(f"{key}: tokenizer {spec!r} could not be loaded ({_why(exc)})") from None
     if len(tok) != vocab_size:

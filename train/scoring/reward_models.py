@@ -35,6 +35,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from .loading import from_pretrained_cached_first
 from .preprocess import resize_max_pad, short_side_center_crop
 
 __all__ = ["IMAGE_REWARD_V1", "HPS_V21", "ImageRewardModel", "ImageRewardScorer", "HpsScorer",
@@ -204,9 +205,7 @@ def blip_tokenizer(spec: str):
     """BLIP's ``init_tokenizer``: bert-base-uncased with ``[DEC]`` as bos and ``[ENC]`` added."""
     from transformers import BertTokenizer
 
-    from .inpaint_metrics import _from_pretrained
-
-    tok = _from_pretrained(BertTokenizer.from_pretrained, spec)
+    tok = from_pretrained_cached_first(BertTokenizer.from_pretrained, spec)
     tok.add_special_tokens({"bos_token": "[DEC]"})
     tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
     return tok

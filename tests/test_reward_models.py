@@ -260,6 +260,30 @@ def test_metric_models_load_from_the_cache_first_and_say_why_they_could_not(monk
     with pytest.raises(OSError):
         from_pretrained_cached_first(load, str(tmp_path))
     assert calls == [{"local_files_only": True}], "a local folder is not looked up on the hub"
+    import huggingface_hub
+
+    from train.scoring.inpaint_metrics import Skipped, _weights_file
+
+    downloads = []
+
+    def hf_hub_download(repo, filename, **kw):
+        downloads.append((repo, filename, kw))
+        raise OSError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(Skipped, match="hub repository org/name could not be had"):
+        _weights_file("org/name", "ImageReward.pt", "metric_models.image_reward", "ImageReward")
+    assert downloads == [("org/name", "ImageReward.pt", {"local_files_only": True})], "weights: the cache alone"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    downloads.clear()
+    with pytest.raises(Skipped):
+        _weights_file("org/name", "ImageReward.pt", "metric_models.image_reward", "ImageReward")
+    assert [kw for *_, kw in downloads] == [{"local_files_only": True}, {}], "weights: the cache, then the hub"
+    downloads.clear()
+    with pytest.raises(Skipped, match="no such file or folder"):
+        _weights_file("org/ImageReward.pt", "ImageReward.pt", "metric_models.image_reward", "ImageReward")
+    assert downloads == [], "a missing file name is not taken for a hub id"
     long = OSError("word " * 100)
     assert _why(long).startswith("OSError: word word") and _why(long).endswith("word ...") and len(_why(long)) < 320
     assert _why(ValueError("a\n  b")) == "ValueError: a b" and _why(KeyError()) == "KeyError"

@@ -411,14 +411,16 @@ def _weights_file(spec: str | None, filename: str, key: str, what: str) -> Path:
         if (path / filename).is_file():
             return path / filename
         raise Skipped(f"{key}: {spec} holds no {filename}")
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not path.suffix:  # owner/name
+    from train.model.components import hub_id_like
+
+    if hub_id_like(spec) and not path.suffix:  # owner/name
         try:
             from huggingface_hub import hf_hub_download
 
-            try:  # the hub's cache first: no network round trip (and no retries offline) when it is there
-                return Path(hf_hub_download(spec, filename, local_files_only=True))
-            except Exception:  # noqa: BLE001 - not cached: download
-                return Path(hf_hub_download(spec, filename))
+            def download(repo: str, **kw) -> str:
+                return hf_hub_download(repo, filename, **kw)
+
+            return Path(from_pretrained_cached_first(download, spec))
         except Exception as exc:  # noqa: BLE001 - offline, not in the cache, no such repository
             raise Skipped(f"{key}: {filename} of the hub repository {spec} could not be had ({_why(exc)})") from None
     raise Skipped(f"{key}: {what} weights {spec}: no such file or folder (and not a hub id owner/name)")

@@ -162,6 +162,31 @@ def test_a_path_that_is_no_checkpoint_is_refused_by_name(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_latest_pointer_means_the_checkpoint_it_names(tmp_path, capsys):
+    """`brushtrain export runs/x/checkpoints/latest` (the README lists that file) read the pointer as a torch
+    archive: "not a checkpoint ... File is not a zip file". It means the folder it names, for resume= too."""
+    from train.engine.checkpointing import locate
+
+    _saved(tmp_path, 10, 20)
+    ckpts = tmp_path / "checkpoints"
+    pointer = ckpts / "latest"
+    assert pointer.read_text().strip() == "step-00000020"
+    assert resolve_resume(str(pointer), tmp_path) == ckpts / "step-00000020" / "model.ckpt"
+    assert locate(pointer, verify=False) == ckpts / "step-00000020"
+    pointer.write_text("step-00000010\n")  # the file is followed, not the newest folder
+    assert resolve_resume(str(pointer), tmp_path) == ckpts / "step-00000010" / "model.ckpt"
+    pointer.write_text("step-00000099\n")
+    with pytest.raises(CheckpointError, match=r"latest names step-00000099, which is not in .*checkpoints \(moved"):
+        resolve_resume(str(pointer), tmp_path)
+    assert main(["export", str(pointer), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "names step-00000099" in err and "Traceback" not in err and not (tmp_path / "out").exists()
+    _flip(ckpts / "step-00000020" / "model.ckpt")
+    pointer.write_text("step-00000020\n")  # the folder named is verified like any other
+    with pytest.raises(CheckpointError, match=r"step-00000020 is damaged"):
+        resolve_resume(str(pointer), tmp_path)
+
+
 def test_export_never_replaces_a_folder_that_is_not_a_branch(tmp_path, capsys):
     """`brushtrain export runs/x runs/x` deleted the run (checkpoints and all) to put the branch there."""
     from train.engine.export import target_problem

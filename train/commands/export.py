@@ -3,7 +3,8 @@
 Works on our step checkpoints from DDP / single-process runs (Lightning's
 ``model.ckpt``, read with ``weights_only=True``) and from DeepSpeed ZeRO-2/3
 runs (shards consolidated to fp32 with DeepSpeed's own ``zero_to_fp32``), and
-on a run folder (its newest intact checkpoint). The checkpoint is verified
+on a run folder or its ``checkpoints/`` (the newest intact checkpoint) or ``checkpoints/latest`` (the one it
+names). The checkpoint is verified
 against its manifest first (``train/engine/integrity.py``); a damaged one is refused
 with the reason. ``--ema`` exports the EMA weights. The output folder must be new,
 empty or an earlier export (which is replaced): anything else is refused, never deleted.
@@ -15,7 +16,8 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", help="a step checkpoint folder, a .ckpt file, a DeepSpeed folder, or a run's output_dir")
+    parser.add_argument("checkpoint", help="a step checkpoint folder, a .ckpt file, a DeepSpeed folder, a run's output_dir "
+                                              "or its checkpoints/ (the newest intact), or checkpoints/latest")
     parser.add_argument("out_dir", help="the branch folder to write (config.json + diffusion_pytorch_model.safetensors): "
                                         "a new or empty folder, or an earlier export, which is replaced")
     parser.add_argument("--ema", action="store_true", help="export the EMA weights")

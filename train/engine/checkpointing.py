@@ -109,14 +109,35 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
+def _followed(path: Path) -> Path:
+    """``<output_dir>/checkpoints/latest`` (the text file naming the newest checkpoint) -> the step folder it names.
+
+    Any other path is returned as it is (DeepSpeed's own ``latest`` inside a step folder names a tag, not a step
+    folder, and is not followed). A pointer to a folder that is not there is a :class:`CheckpointError`."""
+    if path.name != "latest" or not path.is_file() or _STEP_DIR.match(path.parent.name):
+        return path
+    try:
+        name = path.read_text(errors="replace").strip()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not _STEP_DIR.match(name):  # not ours: left to the checks that follow (a DeepSpeed folder's tag)
+        return path
+    target = path.parent / name
+    if not target.is_dir():
+        raise CheckpointError(
+            f"{path} names {name}, which is not in {path.parent} (moved or deleted); give {path.parent} for the "
+            f"newest intact checkpoint there")
+    return target
+
+
 def verified(path: str | Path, say=print) -> Path:
     """A checkpoint path given by the user (step folder, file in one, run folder, DeepSpeed folder), checked.
 
     A run folder (with ``checkpoints/``) or its ``checkpoints/`` means the newest intact
-    checkpoint there; any other path must be an intact checkpoint itself, else
+    checkpoint there; ``checkpoints/latest`` the one it names; any other path must be an intact checkpoint itself, else
     :class:`CheckpointError` says why (also for a path that is no checkpoint at all).
     """
-    path = Path(path)
+    path = _followed(Path(path))
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir() and _STEP_DIR.match(path.name) is None and (path / "checkpoints").is_dir():
@@ -155,7 +176,7 @@ def locate(path: str | Path, say=print, verify: bool = True) -> Path:
     """The checkpoint a user named: :func:`verified`, or unchecked (a run folder: its newest checkpoint)."""
     if verify:
         return verified(path, say)
-    path = Path(path)
+    path = _followed(Path(path))
     if path.is_dir() and _STEP_DIR.match(path.name) is None and (path / "checkpoints").is_dir():
         return find_latest(path / "checkpoints") or path
     return path

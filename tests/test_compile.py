@@ -119,6 +119,14 @@ def test_compile_settings_are_checked():
     assert compile_problem(cfg, deepspeed_stage=3) is None  # frozen parts are not partitioned
     cfg.compile.mode = "reduce-overhead"
     assert "CUDA-graph" in compile_problem(cfg)
+    cfg.compile.mode = None
+    for backend in ("inductor", "aot_eager", "eager"):
+        cfg.compile.backend = backend
+        assert compile_problem(cfg) is None
+    cfg.compile.backend = "inductr"  # torch's InvalidBackend traceback at the first step, before this rule
+    assert "model.compile.backend 'inductr' is not a torch.compile backend" in compile_problem(cfg)
+    cfg.compile.backend = "cudagraphs"
+    assert "does not replay the per-step residual hooks" in compile_problem(cfg)
 
 
 # The branch is the compiled part that DDP / DeepSpeed wrap and checkpoints hold (the frozen parts are in neither;

@@ -53,6 +53,15 @@ def compile_problem(model_cfg, deepspeed_stage: int | None = None) -> str | None
         return None
     if not hasattr(torch.compiler, "set_stance"):
         return f"model.compile needs torch >= 2.6 (this is {torch.__version__})"
+    from torch._dynamo import list_backends
+
+    if c.backend not in list_backends(exclude_tags=()):  # also those of installed plugins
+        return (f"model.compile.backend {c.backend!r} is not a torch.compile backend of this torch "
+                f"({torch.__version__}): use inductor (the default), or aot_eager / eager to find a compile problem "
+                f"(torch._dynamo.list_backends() names the others)")
+    if c.backend == "cudagraphs":
+        return ("model.compile.backend 'cudagraphs' does not replay the per-step residual hooks or the gradient hooks "
+                "of DDP / DeepSpeed; use inductor (the default) or aot_eager")
     if c.mode not in COMPILE_MODES:
         return (f"model.compile.mode must be one of {', '.join(str(m) for m in COMPILE_MODES)}, got {c.mode!r} "
                 "(CUDA-graph modes do not replay the per-step residual hooks or the gradient hooks of DDP / DeepSpeed)")

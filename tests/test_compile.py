@@ -156,3 +156,20 @@ def test_compiled_and_eager_runs_resume_each_other_under_zero2_and_ddp(tmp_path,
     assert all(abs(a[s] - b[s]) < 1e-5 for s in a), (a, b)
     exported = BrushNetModel.from_pretrained(split / "brushnet")  # strict: every name is the eager model's
     assert not any("_orig_mod" in name for name in exported.state_dict())
+
+
+def test_channels_last_trains_under_deepspeed_as_the_plain_layout_does(tmp_path):
+    """model.channels_last under DeepSpeed (ZeRO-2, one CPU process) failed before the first step: DeepSpeed's
+    start-up broadcast views every trained parameter as bytes, which a channels-last weight cannot be. The
+    branch goes to DeepSpeed in the plain layout; the frozen parts and activations stay channels-last."""
+    from test_fit import SMALL, assert_same_weights, fit, loss_curve
+
+    common = ["trainer.strategy=deepspeed", "deepspeed.allow_cpu=true", "deepspeed.stage=2", "trainer.max_steps=3",
+              "checkpoint.every_n_steps=0", "trainer.log_every_n_steps=1", "eval.at_start=false", "eval.at_end=false",
+              "ema.enabled=false", *SMALL]
+    fit(tmp_path / "plain", *common)
+    fit(tmp_path / "cl", *common, "model.channels_last=true")
+    a, b = loss_curve(tmp_path / "plain"), loss_curve(tmp_path / "cl")
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    assert all(abs(a[s] - b[s]) < 1e-4 for s in a), (a, b)  # other conv kernels: float reassociation only
+    assert_same_weights(tmp_path / "plain" / "brushnet", tmp_path / "cl" / "brushnet", atol=1e-4)

@@ -41,6 +41,23 @@ class BrushDeepSpeedStrategy(DeepSpeedStrategy):
         super()._format_batch_size_and_grad_accum_config()  # sets 1: the trainer's own accumulation is off
         self.config["gradient_accumulation_steps"] = self.accumulate_grad_batches
 
+    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
+        _plain_layout(model)
+        return self._initialize_engine(model, optimizer, lr_scheduler)
+
+    def _initialize_engine(self, model, optimizer, lr_scheduler):
+        return DeepSpeedStrategy._setup_model_and_optimizer(self, model, optimizer, lr_scheduler)
+
+
+def _plain_layout(model) -> None:
+    """The trained parameters (the branch's; the frozen parts are not submodules) back in the plain layout before
+    DeepSpeed starts: its start-up broadcast views every parameter as bytes, which a channels-last weight
+    (``model.channels_last``) cannot be ("stride(-1) must be 1 to view Float as Byte"), and ZeRO then keeps them
+    in flat buffers anyway. The frozen UNet and VAE and the activations stay channels-last."""
+    import torch
+
+    model.to(memory_format=torch.contiguous_format)
+
 
 class CPUDeepSpeedStrategy(BrushDeepSpeedStrategy):
     """TEST ONLY. DeepSpeed on CPU processes: no CUDA check, no device-index validation, gloo."""
@@ -59,7 +76,7 @@ class CPUDeepSpeedStrategy(BrushDeepSpeedStrategy):
     def _get_process_group_backend(self) -> str:
         return "gloo"
 
-    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
+    def _initialize_engine(self, model, optimizer, lr_scheduler):
         import deepspeed
 
         engine, ds_optimizer, _, _ = deepspeed.initialize(

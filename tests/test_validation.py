@@ -98,6 +98,9 @@ BAD_SETTINGS = [
     ([f"model.base={FIXTURES}/sdxl"], f"model.base '{FIXTURES}/sdxl' is not a complete diffusers model folder (no "
      "scheduler, text_encoder, tokenizer, vae, text_encoder_2, tokenizer_2)"),
     (["resume=/no/checkpoint"], "resume '/no/checkpoint' does not exist"),
+    (["resume=true"], "resume 'True' does not exist (a checkpoint path or 'auto'); to continue from the newest "
+     "intact checkpoint in output_dir, use resume=auto"),
+    (["resume=latest"], "resume 'latest' does not exist (a checkpoint path or 'auto'); to continue from the newest"),
     (["data.shards=/nowhere/shard-{0..3}.tar", "synth.enabled=false"], "data.shards: shard '/nowhere/shard-0.tar'"),
     (["synth.enabled=false"], "data.shards is empty (set it, or synth.enabled=true for synthetic data)"),
     pytest.param(["trainer.accelerator=gpu"], "trainer.accelerator must be one this machine has: auto, cpu, got 'gpu'",

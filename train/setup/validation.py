@@ -554,7 +554,9 @@ def _output_dir(cfg, launch) -> list[str]:
 
 def _resume(cfg, launch) -> list[str]:
     if cfg.resume not in (None, "auto") and text(cfg.resume) and not Path(cfg.resume).expanduser().exists():
-        return [f"resume {cfg.resume!r} does not exist (a checkpoint path or 'auto')"]
+        meant_auto = str(cfg.resume).strip().lower() in ("true", "yes", "on", "latest", "last", "newest")
+        return [f"resume {cfg.resume!r} does not exist (a checkpoint path or 'auto')"
+                + ("; to continue from the newest intact checkpoint in output_dir, use resume=auto" if meant_auto else "")]
     return []
 
 

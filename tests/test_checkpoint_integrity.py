@@ -140,6 +140,13 @@ def test_checkpoints_of_another_history_are_set_aside_and_keep_last_never_drops_
     _saved(tmp_path, 20)
     cb.on_train_start(_trainer(20, None, ckpt_path=str(other.last_saved / "model.ckpt")), None)
     assert step_folders(ckpts) == []
+    # Resumed through a symlink to the step folder (DeepSpeed's ckpt_path is the folder): that folder is this
+    # history, not another (it was moved aside: the symlink's own parent is checkpoints/).
+    _saved(tmp_path, 20)
+    alias = tmp_path / "resume-here"
+    alias.symlink_to(ckpts / "step-00000020")
+    cb.on_train_start(_trainer(20, None, ckpt_path=str(alias)), None)
+    assert [p.name for p in step_folders(ckpts)] == ["step-00000020"]
 
 
 def test_a_path_that_is_no_checkpoint_is_refused_by_name(tmp_path, capsys):
@@ -176,15 +183,41 @@ def test_the_latest_pointer_means_the_checkpoint_it_names(tmp_path, capsys):
     pointer.write_text("step-00000010\n")  # the file is followed, not the newest folder
     assert resolve_resume(str(pointer), tmp_path) == ckpts / "step-00000010" / "model.ckpt"
     pointer.write_text("step-00000099\n")
-    with pytest.raises(CheckpointError, match=r"latest names step-00000099, which is not in .*checkpoints \(moved"):
+    with pytest.raises(CheckpointError, match=r"latest names 'step-00000099', which is not a folder in .*checkpoints \(moved"):
         resolve_resume(str(pointer), tmp_path)
     assert main(["export", str(pointer), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "names step-00000099" in err and "Traceback" not in err and not (tmp_path / "out").exists()
-    _flip(ckpts / "step-00000020" / "model.ckpt")
-    pointer.write_text("step-00000020\n")  # the folder named is verified like any other
+    assert "names 'step-00000099'" in err and "Traceback" not in err and not (tmp_path / "out").exists()
+    for junk in ("", "step-00000020.tmp-1", "../elsewhere"):  # hand-edited or cut short: named, not "a zip file"
+        pointer.write_text(junk)
+        with pytest.raises(CheckpointError, match=r"latest names .*which is not a folder in"):
+            resolve_resume(str(pointer), tmp_path)
+    pointer.unlink()
+    pointer.symlink_to("step-00000010")  # a symlink instead of the text file
+    assert resolve_resume(str(pointer), tmp_path) == ckpts / "step-00000010" / "model.ckpt"
+    pointer.unlink()
+    pointer.write_text("step-00000020\n")
+    _flip(ckpts / "step-00000020" / "model.ckpt")  # the folder named is verified like any other
     with pytest.raises(CheckpointError, match=r"step-00000020 is damaged"):
         resolve_resume(str(pointer), tmp_path)
+
+
+def test_deepspeeds_own_latest_means_its_checkpoint_folder(tmp_path):
+    """A DeepSpeed step folder holds DeepSpeed's `latest` (naming its tag folder): given that file, resume= and
+    export returned the text file itself (Lightning then failed after the models loaded; export read it with
+    torch.load). It means the step folder; in a DeepSpeed save folder of another tool, that folder."""
+    from train.engine.checkpointing import locate
+
+    _saved(tmp_path, 10)
+    step = tmp_path / "checkpoints" / "step-00000010"
+    (step / "checkpoint").mkdir()
+    (step / "latest").write_text("checkpoint")
+    assert locate(step / "latest", verify=False) == step
+    other = tmp_path / "ds-save"
+    (other / "global_step100").mkdir(parents=True)
+    (other / "latest").write_text("global_step100")
+    assert locate(other / "latest", verify=False) == other
+    assert resolve_resume(str(other / "latest"), tmp_path) == other
 
 
 def test_export_never_replaces_a_folder_that_is_not_a_branch(tmp_path, capsys):

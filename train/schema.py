@@ -57,7 +57,7 @@ class ModelConfig:
     min_snr_gamma: Optional[float] = None  # min-SNR loss weighting (e.g. 5.0); None = plain MSE
     conditioning_scale: float = 1.0
     compile: CompileConfig = field(default_factory=CompileConfig)
-    channels_last: bool = False  # channels-last layout for the branch, UNet and VAE weights and their inputs
+    channels_last: bool = False  # channels-last layout for the branch (not under DeepSpeed), UNet and VAE weights and their inputs
 
 
 @dataclass

@@ -110,24 +110,33 @@ def checkpoint_file(path: str | Path) -> Path:
 
 
 def _followed(path: Path) -> Path:
-    """``<output_dir>/checkpoints/latest`` (the text file naming the newest checkpoint) -> the step folder it names.
+    """A ``latest`` pointer a user named -> the checkpoint folder it stands for; any other path as it is.
 
-    Any other path is returned as it is (DeepSpeed's own ``latest`` inside a step folder names a tag, not a step
-    folder, and is not followed). A pointer to a folder that is not there is a :class:`CheckpointError`."""
-    if path.name != "latest" or not path.is_file() or _STEP_DIR.match(path.parent.name):
+    ``<output_dir>/checkpoints/latest`` (a text file, or a symlink, naming the newest step folder) -> that step
+    folder; DeepSpeed's own ``latest`` (in a step folder, or in a DeepSpeed save folder: it names a tag) -> the
+    folder holding it. A pointer to a folder that is not there, or to no folder at all, is a
+    :class:`CheckpointError` (the file is no checkpoint archive either)."""
+    if path.name != "latest" or not path.exists():
+        return path
+    if path.is_symlink():
+        return path.resolve()
+    if not path.is_file():
         return path
     try:
-        name = path.read_text(errors="replace").strip()
+        with open(path, "rb") as f:
+            name = f.read(256).decode("utf-8", errors="replace").strip()
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if not _STEP_DIR.match(name):  # not ours: left to the checks that follow (a DeepSpeed folder's tag)
-        return path
-    target = path.parent / name
-    if not target.is_dir():
-        raise CheckpointError(
-            f"{path} names {name}, which is not in {path.parent} (moved or deleted); give {path.parent} for the "
-            f"newest intact checkpoint there")
-    return target
+    folder = path.parent
+    target = folder / name if name and "/" not in name and name not in (".", "..") else None
+    if target is not None and target.is_dir():
+        return target if _STEP_DIR.match(name) and not _STEP_DIR.match(folder.name) else folder
+    if _STEP_DIR.match(folder.name):  # DeepSpeed's tag file in one of our step folders: the step folder
+        return folder
+    shown = repr(name[:60]) if name else "nothing"
+    raise CheckpointError(
+        f"{path} names {shown}, which is not a folder in {folder} (moved or deleted?); give {folder} for the newest "
+        f"intact checkpoint there")
 
 
 def verified(path: str | Path, say=print) -> Path:
@@ -271,7 +280,7 @@ class StepCheckpoint(Callback):
         moved, not deleted, to ``checkpoints/superseded-<time>/``, which resume and pruning do not look into."""
         origin = None
         if resumed:
-            origin = Path(resumed)
+            origin = Path(resumed).resolve()  # a symlink to a step folder (or into one) is that folder
             origin = origin if _STEP_DIR.match(origin.name) else origin.parent
 
         def other(folder: Path) -> bool:

@@ -29,7 +29,7 @@ counts it with ``torch._dynamo.utils.counters`` and ``error_on_recompile``):
   ``brushnet.eval()``, classifier-free guidance), runs eager inside
   :func:`eager`, so it compiles nothing.
 
-CUDA-graph modes (``reduce-overhead``, ``max-autotune``) are refused: the hooks'
+CUDA-graph modes (``reduce-overhead``, ``max-autotune``) and the ``cudagraphs`` backend are refused: the hooks'
 residuals are new tensors every step and DDP / DeepSpeed reduce gradients from
 autograd hooks, neither of which CUDA graphs replay.
 """
@@ -80,6 +80,7 @@ def prepare_models(model_cfg, base, branch) -> list[str]:
     if model_cfg.channels_last:
         for module in (branch, base.unet, base.vae):
             module.to(memory_format=torch.channels_last)  # conv weights; survives later .to(device, dtype)
+    # (under DeepSpeed the branch's go back to the plain layout before the engine starts: train/engine/strategy.py)
     c = model_cfg.compile
     problem = compile_problem(model_cfg)
     if problem:

@@ -173,3 +173,20 @@ def test_channels_last_trains_under_deepspeed_as_the_plain_layout_does(tmp_path)
     assert sorted(a) == sorted(b) == [1, 2, 3]
     assert all(abs(a[s] - b[s]) < 1e-4 for s in a), (a, b)  # other conv kernels: float reassociation only
     assert_same_weights(tmp_path / "plain" / "brushnet", tmp_path / "cl" / "brushnet", atol=1e-4)
+
+
+def test_only_the_branch_goes_to_deepspeed_in_the_plain_layout(_tiny_bases):
+    """What the strategy hands DeepSpeed: the branch's 4-D weights in the plain layout (its broadcast views them as
+    bytes), the same Parameter objects (the optimizer holds them), and the frozen UNet and VAE left channels-last."""
+    from train.engine.strategy import _plain_layout
+
+    module = module_for(_tiny_bases["sd15"], channels_last=True)
+    convs = [p for p in module.brushnet.parameters() if p.ndim == 4 and p.shape[-1] > 1]
+    before = [id(p) for p in module.parameters()]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)
+    _plain_layout(module)
+    assert [id(p) for p in module.parameters()] == before
+    for p in module.parameters():
+        p.data.view(torch.uint8)  # what deepspeed.runtime.engine._broadcast_model does; raised for channels-last
+    frozen = [p for m in (module.base.unet, module.base.vae) for p in m.parameters() if p.ndim == 4 and p.shape[-1] > 1]
+    assert frozen and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in frozen)

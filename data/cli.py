@@ -67,14 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("synth", help="write synthetic shards (shapes with exact masks and captions)")
     p.add_argument("out", help="output folder")
-    p.add_argument("--samples", type=_at_least(1, int), default=1000)
-    p.add_argument("--per-shard", type=_at_least(1, int), default=100)
-    p.add_argument("--seed", type=_at_least(0, int), default=0)
+    p.add_argument("--samples", type=_at_least(1, int), default=1000, help="records to write (default %(default)s)")
+    p.add_argument("--per-shard", type=_at_least(1, int), default=100, help="records per shard (default %(default)s)")
+    p.add_argument("--seed", type=_at_least(0, int), default=0, help="the pictures' seed (default %(default)s)")
     p.add_argument("--min-size", type=_at_least(16, int), default=64, help="smallest image side (pixels)")
     p.add_argument("--max-size", type=_at_least(16, int), default=128, help="largest image side (pixels)")
     p.add_argument("--size", type=parse_hw, default=None, metavar="HxW",
                    help="every image this size, e.g. 1024x1366 (height x width); overrides --min/--max-size")
-    p.add_argument("--prefix", default="synth")
+    p.add_argument("--prefix", default="synth", help="shard file prefix (default %(default)s)")
 
     p = sub.add_parser("build", help="write shards from COCO annotations or a folder of images")
     kinds = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     coco.add_argument("--include-crowd", action="store_true", help="keep iscrowd instances")
     coco.add_argument("--limit", type=_at_least(1, int), help="only the first N images (by id)")
     folder = kinds.add_parser("folder", help="images with STEM.png / STEM_*.png masks and STEM.txt captions")
-    folder.add_argument("--images", required=True)
+    folder.add_argument("--images", required=True, help="folder of the images")
     folder.add_argument("--masks", help="folder of mask images (non-zero = object)")
     folder.add_argument("--captions", help="folder of STEM.txt captions (default: the images folder)")
     for q in (coco, folder):
@@ -96,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         q.add_argument("--prefix", default=None, help="shard file prefix")
 
     p = sub.add_parser("validate", help="scan shards: good and bad records by reason, size statistics")
-    p.add_argument("shards", nargs="+")
+    p.add_argument("shards", nargs="+", help="shard files, folders of shards, glob or brace patterns (shards/{00000..00099}.tar), URLs (http(s)://, s3://, pipe:CMD, ...); :: joins lists")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--strict", action="store_true", help="exit non-zero on any bad record")
     p.add_argument("--workers", type=_at_least(1, int), default=1, help="processes scanning shards in parallel")
@@ -105,28 +105,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     policy_help = ("the mask policy: mask source or mix (segmentation, brush, box, border, or e.g. "
                    "segmentation=0.5,brush=0.5); the other data.mask settings come from --config, else the defaults")
     p = sub.add_parser("preview", help="render image | mask | masked image | caption for a few samples")
-    p.add_argument("shards", nargs="+")
+    p.add_argument("shards", nargs="+", help="shard files, folders of shards, glob or brace patterns (shards/{00000..00099}.tar), URLs (http(s)://, s3://, pipe:CMD, ...); :: joins lists")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--samples", type=_at_least(1, int), default=8)
+    p.add_argument("--samples", type=_at_least(1, int), default=8, help="samples shown (default %(default)s)")
     p.add_argument("--resolution", type=_at_least(8, int), default=None, help="crop size (default: --config's, else 256)")
     p.add_argument("--mask-mode", type=parse_mask_mode, default=None, help=policy_help)
     p.add_argument("--config", metavar="YAML", help="a `brushtrain fit` config: use its data.mask and data.resolution")
-    p.add_argument("--seed", type=_at_least(0, int), default=0)
+    p.add_argument("--seed", type=_at_least(0, int), default=0, help="the stream's seed (default %(default)s)")
 
     p = sub.add_parser("bench", help="samples/s of the training stream (last line: JSON)")
-    p.add_argument("shards", nargs="+")
+    p.add_argument("shards", nargs="+", help="shard files, folders of shards, glob or brace patterns (shards/{00000..00099}.tar), URLs (http(s)://, s3://, pipe:CMD, ...); :: joins lists")
     p.add_argument("--resolution", type=_at_least(8, int), default=None, help="crop size (default: --config's, else 512)")
     p.add_argument("--mask-mode", type=parse_mask_mode, default=None, help=policy_help)
     p.add_argument("--config", metavar="YAML", help="a `brushtrain fit` config: use its data.mask and data.resolution")
     p.add_argument("--mask-stats", action="store_true",
                    help="add the hole statistics of the keep masks the stream yields to the JSON line ('masks')")
     p.add_argument("--workers", type=_at_least(0, int), default=0, help="DataLoader worker processes (0: in this process)")
-    p.add_argument("--batch-size", type=_at_least(1, int), default=8)
-    p.add_argument("--samples", type=_at_least(1, int), default=500)
+    p.add_argument("--batch-size", type=_at_least(1, int), default=8, help="samples per batch (default %(default)s)")
+    p.add_argument("--samples", type=_at_least(1, int), default=500, help="samples timed (default %(default)s)")
     _retry_arguments(p)
 
     p = sub.add_parser("index", help="count records per shard and write sizes.json beside local shards")
-    p.add_argument("shards", nargs="+")
+    p.add_argument("shards", nargs="+", help="shard files, folders of shards, glob or brace patterns (shards/{00000..00099}.tar), URLs (http(s)://, s3://, pipe:CMD, ...); :: joins lists")
 
 
 def _retry_arguments(p: argparse.ArgumentParser) -> None:

@@ -122,3 +122,23 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out == f"brushtrain {version('brushtrain')}\n"
+
+
+def test_every_flag_of_every_command_says_what_it_does():
+    """`brushtrain data bench --help` listed --samples, --batch-size and the shards with no word on them."""
+    import argparse
+
+    from train.cli import build_parser
+
+    silent = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                silent.append(" ".join([*path, *(action.option_strings or [action.dest])]))
+
+    walk(build_parser(), ["brushtrain"])
+    assert not silent, silent

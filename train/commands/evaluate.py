@@ -56,13 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--baseline", action="store_true", help="add the branch-off method (conditioning_scale 0)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps per image (default %(default)s)")
     parser.add_argument("--seed", type=int, default=1234, help="the generator is re-seeded with it for every image")
     parser.add_argument("--guidance", type=float, default=None, help="default: the pipeline's (7.5 SD1.5, 5.0 SDXL)")
-    parser.add_argument("--scheduler", default="unipc")
+    parser.add_argument("--scheduler", default="unipc",
+                        help="unipc (default), ddim, ddpm, pndm, euler, euler_a, dpmpp or a class name")
     parser.add_argument("--scale", type=float, default=1.0, help="conditioning_scale of the branches")
     parser.add_argument("--resolution", type=int, default=512, help="images are resized to this square size")
-    parser.add_argument("--metric-convention", choices=list(CONVENTIONS), default="standard")
+    parser.add_argument("--metric-convention", choices=list(CONVENTIONS), default="standard",
+                        help="standard (default) or the reference script's formulas (the README's Evaluate section)")
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), metavar="METRIC",
                         help=f"any of {', '.join(METRICS)} (default: all)")
     parser.add_argument("--metric-models", default=None,

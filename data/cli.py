@@ -62,6 +62,10 @@ def parse_mask_mode(text: str) -> dict[str, float]:
     return weights
 
 
+SHARDS_HELP = ("shard files, folders of shards, glob or brace patterns (shards/{00000..00099}.tar), URLs (http(s)://, "
+               "s3://, pipe:CMD, ...); :: joins lists")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="TOOL", required=True)
 
@@ -96,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         q.add_argument("--prefix", default=None, help="shard file prefix")
 
     p = sub.add_parser("validate", help="scan shards: good and bad records by reason, size statistics")
-    p.add_argument("shards", nargs="+", help="shard files, folders of shards, glob or brace patterns (shards/{00000..00099}.tar), URLs (http(s)://, s3://, pipe:CMD, ...); :: joins lists")
+    p.add_argument("shards", nargs="+", help=SHARDS_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--strict", action="store_true", help="exit non-zero on any bad record")
     p.add_argument("--workers", type=_at_least(1, int), default=1, help="processes scanning shards in parallel")
@@ -105,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     policy_help = ("the mask policy: mask source or mix (segmentation, brush, box, border, or e.g. "
                    "segmentation=0.5,brush=0.5); the other data.mask settings come from --config, else the defaults")
     p = sub.add_parser("preview", help="render image | mask | masked image | caption for a few samples")
-    p.add_argument("shards", nargs="+", help="shard files, folders of shards, glob or brace patterns (shards/{00000..00099}.tar), URLs (http(s)://, s3://, pipe:CMD, ...); :: joins lists")
+    p.add_argument("shards", nargs="+", help=SHARDS_HELP)
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--samples", type=_at_least(1, int), default=8, help="samples shown (default %(default)s)")
     p.add_argument("--resolution", type=_at_least(8, int), default=None, help="crop size (default: --config's, else 256)")
@@ -114,7 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_at_least(0, int), default=0, help="the stream's seed (default %(default)s)")
 
     p = sub.add_parser("bench", help="samples/s of the training stream (last line: JSON)")
-    p.add_argument("shards", nargs="+", help="shard files, folders of shards, glob or brace patterns (shards/{00000..00099}.tar), URLs (http(s)://, s3://, pipe:CMD, ...); :: joins lists")
+    p.add_argument("shards", nargs="+", help=SHARDS_HELP)
     p.add_argument("--resolution", type=_at_least(8, int), default=None, help="crop size (default: --config's, else 512)")
     p.add_argument("--mask-mode", type=parse_mask_mode, default=None, help=policy_help)
     p.add_argument("--config", metavar="YAML", help="a `brushtrain fit` config: use its data.mask and data.resolution")
@@ -126,7 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _retry_arguments(p)
 
     p = sub.add_parser("index", help="count records per shard and write sizes.json beside local shards")
-    p.add_argument("shards", nargs="+", help="shard files, folders of shards, glob or brace patterns (shards/{00000..00099}.tar), URLs (http(s)://, s3://, pipe:CMD, ...); :: joins lists")
+    p.add_argument("shards", nargs="+", help=SHARDS_HELP)
 
 
 def _retry_arguments(p: argparse.ArgumentParser) -> None:
